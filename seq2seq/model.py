@@ -1,0 +1,607 @@
+"""The encoder-decoder Transformer of "Attention Is All You Need" (Vaswani et al., 2017).
+
+Classes follow the paper's sections: 3.1 `Encoder` / `Decoder` stacks of `EncoderLayer` / `DecoderLayer`,
+3.2 `MultiHeadAttention`, 3.3 `PositionwiseFeedForward`, 3.4 `TokenEmbedding` and the shared pre-softmax
+projection, 3.5 `SinusoidalPositionalEncoding`. Options beyond the paper (pre-norm, RMSNorm, learned or
+rotary positions, GELU or SwiGLU) are switches in `ModelConfig`; the defaults are the paper's.
+
+Tensor dimensions in shape comments: b batch, s source length, t target length, n any length,
+h heads, d head dim, D d_model, F d_ff, V vocabulary.
+
+Padding masks are bool tensors of shape (b, n) that are True at padding positions (PyTorch's
+`key_padding_mask` convention); `None` means the batch has no padding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seq2seq.config import from_dict, to_dict
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 8192
+    d_model: int = 512
+    n_heads: int = 8
+    n_encoder_layers: int = 6
+    n_decoder_layers: int = 6
+    d_ff: int = 2048
+    dropout: float = 0.1
+    max_seq_len: int = 512
+    pad_id: int = 0
+    norm_placement: Literal["post", "pre"] = "post"  # post: the paper, LayerNorm(x + Sublayer(x))
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    positions: Literal["sinusoidal", "learned", "rotary"] = "sinusoidal"
+    activation: Literal["relu", "gelu", "swiglu"] = "relu"
+    tie_embeddings: bool = True  # 3.4: encoder input, decoder input and pre-softmax share one matrix
+    norm_eps: float = 1e-5
+    rotary_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_heads", "n_encoder_layers", "n_decoder_layers", "d_ff",
+                     "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"ModelConfig.d_model ({self.d_model}) must be divisible by "
+                             f"ModelConfig.n_heads ({self.n_heads})")
+        if self.positions == "rotary" and self.head_dim % 2:
+            raise ValueError(f"ModelConfig.positions 'rotary' needs an even head dimension, "
+                             f"got d_model/n_heads = {self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ValueError(f"ModelConfig.pad_id must be in [0, vocab_size), got {self.pad_id!r}")
+        if self.norm_eps <= 0 or self.rotary_base <= 0:
+            raise ValueError("ModelConfig.norm_eps and ModelConfig.rotary_base must be positive")
+        choices = {"norm_placement": ("post", "pre"), "norm": ("layernorm", "rmsnorm"),
+                   "positions": ("sinusoidal", "learned", "rotary"), "activation": ("relu", "gelu", "swiglu")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ModelConfig.{name} must be one of {', '.join(allowed)}; "
+                                 f"got {getattr(self, name)!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return from_dict(cls, data, "model")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.d_model, eps=config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3.5 Positional encoding
+
+
+def sinusoid_table(length: int, dim: int, base: float = 10000.0) -> Tensor:
+    """PE(pos, 2i) = sin(pos / base^(2i/dim)), PE(pos, 2i+1) = cos(...). Shape (length, dim)."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    angles = position * inv_freq  # (n, dim/2)
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles)
+    return table
+
+
+class SinusoidalPositionalEncoding(nn.Module):
+    """3.5 Fixed sinusoids added to the embeddings; extends itself past max_seq_len when asked."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.d_model = config.d_model
+        self.register_buffer("table", sinusoid_table(config.max_seq_len, config.d_model), persistent=False)
+
+    def forward(self, length: int, offset: int = 0) -> Tensor:
+        if offset + length > self.table.shape[0]:
+            self.table = sinusoid_table(2 * (offset + length), self.d_model).to(self.table.device)
+        return self.table[offset:offset + length]  # (n, D)
+
+
+class LearnedPositionalEmbedding(nn.Module):
+    """A learned vector per position (the paper's 3.5 alternative, "nearly identical results")."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.max_seq_len = config.max_seq_len
+        self.weight = nn.Parameter(torch.empty(config.max_seq_len, config.d_model))
+
+    def forward(self, length: int, offset: int = 0) -> Tensor:
+        if offset + length > self.max_seq_len:
+            raise ValueError(f"sequence of {offset + length} positions exceeds max_seq_len="
+                             f"{self.max_seq_len} of the learned positional embedding")
+        return self.weight[offset:offset + length]
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE (Su et al., 2021): rotates query/key pairs by position inside self-attention instead of
+    adding a vector to the embeddings. Cross-attention gets no rotation: source and target positions
+    are not on one axis."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.base = config.rotary_base
+        self._build(config.max_seq_len)
+
+    def _build(self, length: int, device: torch.device | None = None) -> None:
+        inv_freq = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim)
+        angles = torch.arange(length, dtype=torch.float32)[:, None] * inv_freq  # (n, d/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (n, d)
+        self.register_buffer("cos", angles.cos().to(device), persistent=False)
+        self.register_buffer("sin", angles.sin().to(device), persistent=False)
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        """Rotate x of shape (b, h, n, d) as if its first position were `offset`."""
+        length = x.shape[-2]
+        if offset + length > self.cos.shape[0]:
+            self._build(2 * (offset + length), self.cos.device)
+        cos = self.cos[offset:offset + length].to(x.dtype)
+        sin = self.sin[offset:offset + length].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3.4 Embeddings and softmax
+
+
+class TokenEmbedding(nn.Module):
+    """3.4 Learned token embeddings, multiplied by sqrt(d_model)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(config.vocab_size, config.d_model))
+        self.scale = math.sqrt(config.d_model)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return F.embedding(ids, self.weight) * self.scale
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3.2 Attention
+
+
+class MultiHeadAttention(nn.Module):
+    """3.2.2 Multi-head scaled dot-product attention (3.2.1), through `F.scaled_dot_product_attention`
+    so CUDA picks flash / memory-efficient kernels. Self-attention projects Q, K, V with one fused matmul;
+    cross-attention projects Q from the decoder and K, V (once per source) from the encoder output."""
+
+    def __init__(self, config: ModelConfig, cross: bool):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.cross = cross
+        d_model = config.d_model
+        if cross:
+            self.q_proj = nn.Linear(d_model, d_model)
+            self.kv_proj = nn.Linear(d_model, 2 * d_model)
+        else:
+            self.qkv_proj = nn.Linear(d_model, 3 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.n_heads, -1).transpose(1, 2)  # (b, h, n, d)
+
+    def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values of the encoder output, each (b, h, s, d)."""
+        k, v = self.kv_proj(memory).chunk(2, dim=-1)
+        return self.split_heads(k), self.split_heads(v)
+
+    def forward(
+        self,
+        x: Tensor,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        memory: Tensor | None = None,
+        rotary: RotaryEmbedding | None = None,
+        cache: LayerCache | None = None,
+    ) -> Tensor:
+        """x (b, n, D) -> (b, n, D). attn_mask: bool (b, 1, n, n_keys), True where attention is allowed."""
+        if self.cross:
+            q = self.split_heads(self.q_proj(x))
+            if cache is not None:
+                if cache.cross_kv is None:
+                    cache.cross_kv = self.project_kv(memory)
+                k, v = cache.cross_kv
+            else:
+                k, v = self.project_kv(memory)
+        else:
+            q, k, v = (self.split_heads(part) for part in self.qkv_proj(x).chunk(3, dim=-1))
+            offset = cache.self_length if cache is not None else 0
+            if rotary is not None:
+                q, k = rotary(q, offset), rotary(k, offset)
+            if cache is not None:
+                k, v = cache.append_self(k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        b, _, n, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3.3 Position-wise feed-forward networks
+
+
+class PositionwiseFeedForward(nn.Module):
+    """3.3 FFN(x) = max(0, x W1 + b1) W2 + b2; GELU, or SwiGLU (Shazeer, 2020) with a fused gate."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.activation = config.activation
+        gated = config.activation == "swiglu"
+        self.w1 = nn.Linear(config.d_model, (2 if gated else 1) * config.d_ff)
+        self.w2 = nn.Linear(config.d_ff, config.d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.w1(x)
+        if self.activation == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        elif self.activation == "gelu":
+            h = F.gelu(h)
+        else:
+            h = F.relu(h)
+        return self.w2(h)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3.1 Encoder and decoder stacks
+
+
+class SublayerConnection(nn.Module):
+    """Residual connection around a sub-layer, with dropout on the sub-layer's output (5.4).
+    post (the paper): LayerNorm(x + Dropout(Sublayer(x))); pre: x + Dropout(Sublayer(LayerNorm(x)))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.pre_norm = config.norm_placement == "pre"
+        self.norm = make_norm(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, sublayer) -> Tensor:
+        if self.pre_norm:
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
+
+
+class EncoderLayer(nn.Module):
+    """3.1 Encoder layer: self-attention, then a position-wise feed-forward network."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(config, cross=False)
+        self.feed_forward = PositionwiseFeedForward(config)
+        self.sublayers = nn.ModuleList([SublayerConnection(config) for _ in range(2)])
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None, rotary: RotaryEmbedding | None) -> Tensor:
+        x = self.sublayers[0](x, lambda h: self.self_attn(h, attn_mask, rotary=rotary))
+        return self.sublayers[1](x, self.feed_forward)
+
+
+class DecoderLayer(nn.Module):
+    """3.1 Decoder layer: masked self-attention, attention over the encoder output, feed-forward."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(config, cross=False)
+        self.cross_attn = MultiHeadAttention(config, cross=True)
+        self.feed_forward = PositionwiseFeedForward(config)
+        self.sublayers = nn.ModuleList([SublayerConnection(config) for _ in range(3)])
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        self_mask: Tensor | None,
+        is_causal: bool,
+        cross_mask: Tensor | None,
+        rotary: RotaryEmbedding | None,
+        cache: LayerCache | None,
+    ) -> Tensor:
+        x = self.sublayers[0](x, lambda h: self.self_attn(h, self_mask, is_causal, rotary=rotary, cache=cache))
+        x = self.sublayers[1](x, lambda h: self.cross_attn(h, cross_mask, memory=memory, cache=cache))
+        return self.sublayers[2](x, self.feed_forward)
+
+
+class Encoder(nn.Module):
+    """3.1 A stack of N encoder layers (a final norm when norms are pre-placement)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.layers = nn.ModuleList([EncoderLayer(config) for _ in range(config.n_encoder_layers)])
+        self.final_norm = make_norm(config) if config.norm_placement == "pre" else nn.Identity()
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None, rotary: RotaryEmbedding | None) -> Tensor:
+        attn_mask = None if padding_mask is None else ~padding_mask[:, None, None, :]  # (b, 1, 1, s)
+        for layer in self.layers:
+            x = layer(x, attn_mask, rotary)
+        return self.final_norm(x)
+
+
+class Decoder(nn.Module):
+    """3.1 A stack of N decoder layers; self-attention is masked so position i sees only positions <= i."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.layers = nn.ModuleList([DecoderLayer(config) for _ in range(config.n_decoder_layers)])
+        self.final_norm = make_norm(config) if config.norm_placement == "pre" else nn.Identity()
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        src_padding_mask: Tensor | None,
+        tgt_padding_mask: Tensor | None,
+        rotary: RotaryEmbedding | None,
+        cache: DecoderCache | None,
+    ) -> Tensor:
+        t = x.shape[1]
+        offset = cache.length if cache is not None else 0
+        self_mask, is_causal = None, False
+        if tgt_padding_mask is not None or (offset > 0 and t > 1):
+            self_mask = subsequent_mask(t, offset + t, offset, x.device)[None, None]  # (1, 1, t, offset+t)
+            if tgt_padding_mask is not None:
+                self_mask = self_mask & ~tgt_padding_mask[:, None, None, :]
+        elif offset == 0 and t > 1:
+            is_causal = True  # lets SDPA use its causal kernels with no mask tensor
+        cross_mask = None if src_padding_mask is None else ~src_padding_mask[:, None, None, :]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, memory, self_mask, is_causal, cross_mask, rotary,
+                      cache.layers[i] if cache is not None else None)
+        if cache is not None:
+            cache.length += t
+        return self.final_norm(x)
+
+
+def subsequent_mask(n_queries: int, n_keys: int, offset: int, device: torch.device) -> Tensor:
+    """Bool (n_queries, n_keys), True where query i (at position offset + i) may attend to key j."""
+    query_pos = torch.arange(offset, offset + n_queries, device=device)[:, None]
+    key_pos = torch.arange(n_keys, device=device)[None, :]
+    return key_pos <= query_pos
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Incremental decoding
+
+
+class LayerCache:
+    """One decoder layer's cache: self-attention keys/values grown per step, cross-attention keys/values
+    computed once per source."""
+
+    def __init__(self) -> None:
+        self.self_k: Tensor | None = None  # (b, h, t, d)
+        self.self_v: Tensor | None = None
+        self.cross_kv: tuple[Tensor, Tensor] | None = None  # each (b, h, s, d)
+
+    @property
+    def self_length(self) -> int:
+        return 0 if self.self_k is None else self.self_k.shape[2]
+
+    def append_self(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.self_k is None:
+            self.self_k, self.self_v = k, v
+        else:
+            self.self_k = torch.cat([self.self_k, k], dim=2)
+            self.self_v = torch.cat([self.self_v, v], dim=2)
+        return self.self_k, self.self_v
+
+
+class DecoderCache:
+    """The decoder's incremental state: one `LayerCache` per layer and the number of positions decoded."""
+
+    def __init__(self, n_layers: int):
+        self.layers = [LayerCache() for _ in range(n_layers)]
+        self.length = 0
+
+    def reorder(self, index: Tensor) -> None:
+        """Select batch rows (beam search: keep the surviving beams). Cross keys/values follow."""
+        for layer in self.layers:
+            if layer.self_k is not None:
+                layer.self_k = layer.self_k.index_select(0, index)
+                layer.self_v = layer.self_v.index_select(0, index)
+            if layer.cross_kv is not None:
+                layer.cross_kv = tuple(kv.index_select(0, index) for kv in layer.cross_kv)
+
+    def repeat_interleave(self, repeats: int) -> None:
+        """Expand each batch row `repeats` times (b -> b * repeats), without recomputing anything."""
+        for layer in self.layers:
+            if layer.self_k is not None:
+                layer.self_k = layer.self_k.repeat_interleave(repeats, dim=0)
+                layer.self_v = layer.self_v.repeat_interleave(repeats, dim=0)
+            if layer.cross_kv is not None:
+                layer.cross_kv = tuple(kv.repeat_interleave(repeats, dim=0) for kv in layer.cross_kv)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder Transformer: `encode` the source once, `decode` the target (optionally step by step
+    with a `DecoderCache`), `forward` does both and returns logits (b, t, V)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.src_embed = TokenEmbedding(config)
+        # 3.4: "we share the same weight matrix between the two embedding layers and the pre-softmax linear
+        # transformation" (Press & Wolf, 2017, https://arxiv.org/abs/1608.05859).
+        self.tgt_embed = self.src_embed if config.tie_embeddings else TokenEmbedding(config)
+        self.output_proj = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size,
+                                                                        bias=False)
+        if config.positions == "sinusoidal":
+            self.src_pos = self.tgt_pos = SinusoidalPositionalEncoding(config)
+        elif config.positions == "learned":
+            self.src_pos, self.tgt_pos = LearnedPositionalEmbedding(config), LearnedPositionalEmbedding(config)
+        else:
+            self.src_pos = self.tgt_pos = None
+        self.rotary = RotaryEmbedding(config) if config.positions == "rotary" else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialisation: Xavier-uniform linear weights and zero biases (as the paper's tensor2tensor and
+        fairseq); token embeddings N(0, 1/D), so that after the sqrt(D) scale of 3.4 they have unit variance
+        and tied output logits start near unit scale; learned positions N(0, 0.02); norms at identity. In
+        pre-norm stacks each residual branch's output projection is scaled down by 1/sqrt(2 * layers)
+        (GPT-2) so the residual stream does not grow with depth."""
+        config = self.config
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, TokenEmbedding):
+                nn.init.normal_(module.weight, std=config.d_model ** -0.5)
+            elif isinstance(module, LearnedPositionalEmbedding):
+                nn.init.normal_(module.weight, std=0.02)
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        if config.norm_placement == "pre":
+            for stack in (self.encoder, self.decoder):
+                scale = (2 * len(stack.layers)) ** -0.5
+                for layer in stack.layers:
+                    for residual_out in (layer.self_attn.out_proj, layer.feed_forward.w2):
+                        residual_out.weight.data.mul_(scale)
+
+    # -- inputs --------------------------------------------------------------------------------------------
+
+    def check_ids(self, ids: Tensor, name: str) -> None:
+        """Fail with a clear error, before any kernel, on ids outside the vocabulary or positions past the
+        learned table (on CUDA those would be a device-side assert; on CPU an index error or a silent wrap)."""
+        if ids.dim() != 2:
+            raise ValueError(f"{name} must have shape (batch, length), got {tuple(ids.shape)}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
+            raise ValueError(f"{name} holds token ids outside [0, {self.config.vocab_size}): "
+                             f"min {int(ids.min())}, max {int(ids.max())}")
+
+    def embed(self, ids: Tensor, embedding: TokenEmbedding, positions: nn.Module | None, offset: int) -> Tensor:
+        x = embedding(ids)
+        if positions is not None:
+            x = x + positions(ids.shape[1], offset)
+        return self.dropout(x)  # 5.4: dropout on the sums of embeddings and positional encodings
+
+    # -- encoder / decoder -----------------------------------------------------------------------------------
+
+    def encode(self, src_ids: Tensor, src_padding_mask: Tensor | None = None) -> Tensor:
+        """src_ids (b, s) -> encoder output (b, s, D)."""
+        self.check_ids(src_ids, "src_ids")
+        x = self.embed(src_ids, self.src_embed, self.src_pos, 0)
+        return self.encoder(x, src_padding_mask, self.rotary)
+
+    def decode(
+        self,
+        tgt_ids: Tensor,
+        encoder_out: Tensor,
+        src_padding_mask: Tensor | None = None,
+        tgt_padding_mask: Tensor | None = None,
+        cache: DecoderCache | None = None,
+        return_hidden: bool = False,
+    ) -> Tensor:
+        """tgt_ids (b, t) -> logits (b, t, V), or the final hidden states (b, t, D) with return_hidden.
+        With a cache, tgt_ids are the next positions after those already decoded into it."""
+        self.check_ids(tgt_ids, "tgt_ids")
+        if cache is not None and tgt_padding_mask is not None:
+            raise ValueError("tgt_padding_mask is not supported with a cache: decode step by step without padding")
+        offset = cache.length if cache is not None else 0
+        x = self.embed(tgt_ids, self.tgt_embed, self.tgt_pos, offset)
+        hidden = self.decoder(x, encoder_out, src_padding_mask, tgt_padding_mask, self.rotary, cache)
+        return hidden if return_hidden else self.project(hidden)
+
+    def project(self, hidden: Tensor) -> Tensor:
+        """3.4 The pre-softmax linear transformation: (..., D) -> logits (..., V)."""
+        if self.output_proj is not None:
+            return self.output_proj(hidden)
+        return F.linear(hidden, self.tgt_embed.weight)
+
+    def new_cache(self) -> DecoderCache:
+        return DecoderCache(self.config.n_decoder_layers)
+
+    def forward(
+        self,
+        src_ids: Tensor,
+        tgt_ids: Tensor,
+        src_padding_mask: Tensor | None = None,
+        tgt_padding_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Teacher-forced logits (b, t, V) for target ids given source ids."""
+        encoder_out = self.encode(src_ids, src_padding_mask)
+        return self.decode(tgt_ids, encoder_out, src_padding_mask, tgt_padding_mask)
+
+    def loss(
+        self,
+        src_ids: Tensor,
+        tgt_in: Tensor,
+        tgt_out: Tensor,
+        src_padding_mask: Tensor | None = None,
+        tgt_padding_mask: Tensor | None = None,
+        label_smoothing: float = 0.0,
+        reduction: Literal["mean", "sum"] = "mean",
+    ) -> Tensor:
+        """Cross-entropy of tgt_out given (src_ids, tgt_in), over positions where tgt_out is not pad.
+        Only those positions go through the output projection, which is most of the compute at small D
+        (5.4: the paper trains with label smoothing 0.1)."""
+        encoder_out = self.encode(src_ids, src_padding_mask)
+        hidden = self.decode(tgt_in, encoder_out, src_padding_mask, tgt_padding_mask, return_hidden=True)
+        keep = tgt_out != self.config.pad_id
+        logits = self.project(hidden[keep])  # (n_real, V)
+        return F.cross_entropy(logits.float(), tgt_out[keep], label_smoothing=label_smoothing,
+                               reduction=reduction)
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, directory, tokenizer=None) -> None:
+        from seq2seq.checkpoint import save_pretrained
+
+        save_pretrained(self, directory, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, directory, device: str | torch.device = "cpu") -> Transformer:
+        from seq2seq.checkpoint import load_model
+
+        return load_model(directory, device)
+
+
+def count_parameters(config: ModelConfig) -> int:
+    """The closed-form parameter count of `Transformer(config)`."""
+    D, F_, V = config.d_model, config.d_ff, config.vocab_size
+    norm = 2 * D if config.norm == "layernorm" else D
+    attention = 4 * D * D + 4 * D  # Q, K, V and output projections, with biases
+    if config.activation == "swiglu":
+        ffn = D * 2 * F_ + 2 * F_ + F_ * D + D
+    else:
+        ffn = D * F_ + F_ + F_ * D + D
+    encoder_layer = attention + ffn + 2 * norm
+    decoder_layer = 2 * attention + ffn + 3 * norm
+    total = config.n_encoder_layers * encoder_layer + config.n_decoder_layers * decoder_layer
+    total += V * D if config.tie_embeddings else 3 * V * D
+    if config.positions == "learned":
+        total += 2 * config.max_seq_len * D
+    if config.norm_placement == "pre":
+        total += 2 * norm
+    return total

@@ -1,0 +1,214 @@
+"""Behaviour of the encoder-decoder: causality, padding invariance, live cross-attention, cache equivalence,
+learning, parameter count, and bad input."""
+
+import itertools
+
+import pytest
+import torch
+
+from seq2seq.model import ModelConfig, Transformer, count_parameters
+
+POSITIONS = ["sinusoidal", "learned", "rotary"]
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    base = dict(vocab_size=50, d_model=32, n_heads=4, n_encoder_layers=2, n_decoder_layers=2, d_ff=64,
+                dropout=0.0, max_seq_len=64, pad_id=0)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def tiny_model(seed: int = 0, **overrides) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(tiny_config(**overrides)).eval()
+
+
+def random_ids(b: int, n: int, seed: int, low: int = 1, high: int = 50) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(low, high, (b, n), generator=generator)
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+@pytest.mark.parametrize("norm_placement", ["post", "pre"])
+def test_decoder_is_causal(positions, norm_placement):
+    model = tiny_model(positions=positions, norm_placement=norm_placement)
+    src, tgt = random_ids(2, 7, 1), random_ids(2, 9, 2)
+    changed = tgt.clone()
+    t = 4
+    changed[:, t + 1:] = random_ids(2, 9 - t - 1, 3)
+    with torch.no_grad():
+        a, b = model(src, tgt), model(src, changed)
+    torch.testing.assert_close(a[:, :t + 1], b[:, :t + 1], atol=1e-6, rtol=0)
+    assert not torch.allclose(a[:, t + 1:], b[:, t + 1:])
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+def test_padding_changes_no_real_logit(positions):
+    model = tiny_model(positions=positions)
+    src, tgt = random_ids(2, 6, 1), random_ids(2, 5, 2)
+    with torch.no_grad():
+        reference = model(src, tgt)
+        pad_src = torch.cat([src, torch.zeros(2, 4, dtype=torch.long)], dim=1)
+        pad_tgt = torch.cat([tgt, torch.zeros(2, 3, dtype=torch.long)], dim=1)
+        padded = model(pad_src, pad_tgt, src_padding_mask=pad_src == 0, tgt_padding_mask=pad_tgt == 0)
+    torch.testing.assert_close(padded[:, :5], reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+def test_mixed_length_batch_equals_each_example_alone(positions):
+    model = tiny_model(positions=positions)
+    lengths = [(3, 8), (9, 2), (6, 5)]
+    examples = [(random_ids(1, s, 10 + i), random_ids(1, t, 20 + i)) for i, (s, t) in enumerate(lengths)]
+    s_max, t_max = max(s for s, _ in lengths), max(t for _, t in lengths)
+    src = torch.zeros(3, s_max, dtype=torch.long)
+    tgt = torch.zeros(3, t_max, dtype=torch.long)
+    for i, (s_ids, t_ids) in enumerate(examples):
+        src[i, :s_ids.shape[1]] = s_ids[0]
+        tgt[i, :t_ids.shape[1]] = t_ids[0]
+    with torch.no_grad():
+        batched = model(src, tgt, src_padding_mask=src == 0, tgt_padding_mask=tgt == 0)
+        for i, (s_ids, t_ids) in enumerate(examples):
+            alone = model(s_ids, t_ids)[0]
+            torch.testing.assert_close(batched[i, :t_ids.shape[1]], alone, atol=1e-5, rtol=0)
+
+
+def test_cross_attention_is_live():
+    model = tiny_model()
+    tgt = random_ids(1, 6, 2)
+    with torch.no_grad():
+        a = model(random_ids(1, 6, 1), tgt)
+        b = model(random_ids(1, 6, 3), tgt)
+    assert (a - b).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+@pytest.mark.parametrize("norm_placement", ["post", "pre"])
+def test_cached_decoding_equals_full_forward(positions, norm_placement):
+    model = tiny_model(positions=positions, norm_placement=norm_placement)
+    src, tgt = random_ids(3, 7, 1), random_ids(3, 10, 2)
+    src[1, 5:] = 0  # a padded source row
+    src_mask = src == 0
+    with torch.no_grad():
+        full = model(src, tgt, src_padding_mask=src_mask)
+        memory = model.encode(src, src_mask)
+        cache = model.new_cache()
+        steps = [model.decode(tgt[:, i:i + 1], memory, src_mask, cache=cache) for i in range(tgt.shape[1])]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    # Cross-attention keys/values were computed once and kept.
+    assert all(layer.cross_kv is not None for layer in cache.layers)
+    assert cache.length == tgt.shape[1]
+
+
+def test_cached_decoding_in_chunks_equals_full_forward():
+    model = tiny_model(positions="rotary")
+    src, tgt = random_ids(2, 5, 1), random_ids(2, 9, 2)
+    with torch.no_grad():
+        full = model(src, tgt)
+        memory = model.encode(src)
+        cache = model.new_cache()
+        chunks = [model.decode(tgt[:, a:b], memory, cache=cache) for a, b in [(0, 4), (4, 5), (5, 9)]]
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_cache_reorder_follows_beams():
+    model = tiny_model()
+    src, tgt = random_ids(2, 5, 1), random_ids(2, 6, 2)
+    with torch.no_grad():
+        memory = model.encode(src)
+        cache = model.new_cache()
+        model.decode(tgt[:, :3], memory, cache=cache)
+        cache.repeat_interleave(2)  # (2 -> 4 rows): [a, a, b, b]
+        order = torch.tensor([3, 0, 2, 1])  # -> [b, a, b, a]
+        cache.reorder(order)
+        step = model.decode(tgt[[1, 0, 1, 0], 3:4], memory.repeat_interleave(2, 0)[order], cache=cache)
+        full = model(src, tgt)
+    torch.testing.assert_close(step[:, 0], full[[1, 0, 1, 0], 3], atol=1e-5, rtol=0)
+
+
+def test_tiny_model_overfits_one_batch():
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(d_model=64, d_ff=128, norm_placement="pre")).train()
+    src, tgt = random_ids(4, 8, 1), random_ids(4, 9, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(200):
+        loss = model.loss(src, tgt[:, :-1], tgt[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
+
+
+OPTION_GRID = list(itertools.product(["post", "pre"], ["layernorm", "rmsnorm"], POSITIONS,
+                                     ["relu", "gelu", "swiglu"], [True, False]))
+
+
+@pytest.mark.parametrize("placement,norm,positions,activation,tied", OPTION_GRID)
+def test_every_option_builds_counts_and_trains(placement, norm, positions, activation, tied):
+    config = tiny_config(norm_placement=placement, norm=norm, positions=positions, activation=activation,
+                         tie_embeddings=tied)
+    torch.manual_seed(0)
+    model = Transformer(config).train()
+    assert model.num_parameters() == count_parameters(config)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    src, tgt = random_ids(2, 6, 1), random_ids(2, 7, 2)
+    loss = model.loss(src, tgt[:, :-1], tgt[:, 1:], label_smoothing=0.1)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(before[name], p) for name, p in model.named_parameters())
+
+
+def test_base_preset_parameter_count():
+    # The paper's base model at a 37,000-token shared vocabulary: ~63M (Table 3 reports 65M).
+    config = ModelConfig(vocab_size=37000)
+    assert count_parameters(config) == 44_138_496 + 37000 * 512
+
+
+def test_loss_ignores_padding_and_smooths():
+    model = tiny_model()
+    src, tgt = random_ids(2, 5, 1), random_ids(2, 6, 2)
+    padded_out = tgt[:, 1:].clone()
+    padded_out[0, 3:] = 0
+    with torch.no_grad():
+        logits = model(src, tgt[:, :-1])
+        loss = model.loss(src, tgt[:, :-1], padded_out)
+        keep = padded_out != 0
+        expected = torch.nn.functional.cross_entropy(logits[keep], padded_out[keep])
+        smoothed = model.loss(src, tgt[:, :-1], padded_out, label_smoothing=0.1)
+        log_probs = logits[keep].log_softmax(-1)
+        nll = -log_probs.gather(1, padded_out[keep][:, None]).squeeze(1)
+        expected_smoothed = (0.9 * nll - 0.1 * log_probs.mean(-1)).mean()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(smoothed, expected_smoothed)
+
+
+@pytest.mark.parametrize("field,value", [("d_model", 30), ("n_heads", 0), ("d_ff", -1), ("vocab_size", 0),
+                                         ("positions", "alibi"), ("activation", "tanh"), ("norm", "batch"),
+                                         ("norm_placement", "middle"), ("dropout", 1.5), ("pad_id", 50)])
+def test_invalid_config_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(**{field: value})
+
+
+def test_unknown_config_key_is_named():
+    with pytest.raises(ValueError, match="d_modle"):
+        ModelConfig.from_dict({"d_modle": 32})
+
+
+def test_out_of_vocabulary_ids_raise_before_any_kernel():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="src_ids.*outside"):
+        model(torch.tensor([[1, 50]]), torch.tensor([[1]]))
+    with pytest.raises(ValueError, match="tgt_ids.*outside"):
+        model(torch.tensor([[1]]), torch.tensor([[-1]]))
+
+
+def test_learned_positions_reject_long_sequences():
+    model = tiny_model(positions="learned", max_seq_len=8)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(random_ids(1, 9, 1), random_ids(1, 3, 2))
+    # Sinusoidal positions extend past max_seq_len.
+    model = tiny_model(positions="sinusoidal", max_seq_len=8)
+    assert model(random_ids(1, 12, 1), random_ids(1, 12, 2)).shape == (1, 12, 50)
