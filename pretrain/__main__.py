@@ -1,0 +1,5 @@
+import sys
+
+from pretrain.recipe import main
+
+sys.exit(main())

@@ -1,0 +1,188 @@
+"""Pretraining recipe: `seq2seq pretrain --config configs/pretrain/NAME.yaml [key=value ...]`
+(also `python -m pretrain`).
+
+What it does, and the keys that control it:
+- Reads a tokenized corpus (`data.corpus`, built by `seq2seq data corpus`) and its tokenizer
+  (`data.tokenizer`); they must match (the corpus records the tokenizer's sha256).
+- Builds the model from `model` (ModelConfig fields; `model.preset: PATH` loads a file from configs/model/
+  first, relative to the config file); vocab_size and pad_id come from the tokenizer.
+- Trains with a mix of prefix-to-continuation and span corruption (`objective.*`), through the shared loop
+  (`train.*`: see seq2seq/trainer.py for every feature and its key).
+- Evaluates val loss per token and nats (and bits) per character of predicted text over consecutive spans of
+  the val split: a subset of `eval.quick_spans` spans every `train.eval_every` steps, all of it at the end.
+- Writes to `output_dir`: metrics.jsonl, tensorboard/, checkpoints/, final/ (config.json, model.safetensors,
+  tokenizer.model). `resume: latest` continues the run in output_dir exactly.
+
+Raises:
+    FileNotFoundError: the corpus or tokenizer is missing (the message names the command that builds it).
+    ValueError: an unknown key or bad value (named), or a corpus built with another tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pretrain.objectives import ObjectiveConfig, PretrainingObjectives, ValSpans, sequence_nll
+from seq2seq.config import apply_overrides, from_dict, load_yaml, to_dict
+from seq2seq.model import ModelConfig, Transformer
+from seq2seq.tokenizer import Tokenizer
+from seq2seq.trainer import Batch, TrainConfig, Trainer
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "data/corpus/shakespeare"
+    tokenizer: str = "data/tokenizer/tokenizer.model"
+
+
+@dataclass
+class EvalConfig:
+    quick_spans: int = 64  # val spans in the frequent evaluations (evenly spread); the final one uses all
+    batch_size: int = 32
+    sample_prompt: str = "ROMEO:\nWhat light through yonder window breaks?\n"
+    sample_tokens: int = 48
+
+
+@dataclass
+class PretrainConfig:
+    output_dir: str = "runs/pretrain"
+    resume: str | None = None  # "latest", or a checkpoints/step-N directory
+    model: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> PretrainConfig:
+    data = apply_overrides(load_yaml(path), list(overrides))
+    model = data.get("model") or {}
+    if "preset" in model:
+        preset_path = Path(path).parent / model.pop("preset")
+        model = {**load_yaml(preset_path), **model}
+    data["model"] = model
+    try:
+        return from_dict(PretrainConfig, data)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def build_model_config(model: dict[str, Any], tokenizer: Tokenizer) -> ModelConfig:
+    fields = {**model, "vocab_size": tokenizer.vocab_size, "pad_id": tokenizer.pad_id}
+    return ModelConfig.from_dict(fields)
+
+
+def load_corpus_checked(config: DataConfig, tokenizer: Tokenizer):
+    from data_pipelines.corpus import load_corpus
+
+    corpus = load_corpus(config.corpus)
+    if corpus.meta.get("tokenizer_sha256") != tokenizer.sha256():
+        raise ValueError(f"{config.corpus} was built with another tokenizer than {config.tokenizer}; rebuild it "
+                         f"with `seq2seq data corpus`")
+    return corpus
+
+
+class PretrainingTask:
+    """The pretraining objectives plus the val measurement, as the shared loop expects them."""
+
+    def __init__(self, config: PretrainConfig, tokenizer: Tokenizer, corpus):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.objectives = PretrainingObjectives(config.objective, corpus.train, tokenizer, config.train.batch_size,
+                                                config.train.seed)
+        self.val = ValSpans(np.asarray(corpus.val), config.objective.src_len, config.objective.tgt_len)
+        self.char_lengths = torch.from_numpy(tokenizer.char_lengths().astype(np.int64))
+
+    def batches(self, step: int, rank: int, world_size: int, accum_steps: int) -> list[Batch]:
+        return self.objectives.batches(step, rank, world_size, accum_steps)
+
+    def evaluate(self, model: Transformer, accelerator, full: bool) -> dict[str, float]:
+        spans = list(range(len(self.val)))
+        if not full and len(spans) > self.config.eval.quick_spans:
+            spans = np.linspace(0, len(spans) - 1, self.config.eval.quick_spans).round().astype(int).tolist()
+        mine = spans[accelerator.process_index::accelerator.num_processes]
+        totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # nll, tokens, chars
+        size = self.config.eval.batch_size
+        for i in range(0, len(mine), size):
+            batch, targets = self.val.batch(mine[i:i + size], self.tokenizer, self.objectives.prefix_task)
+            nll, keep = sequence_nll(model, batch.to(accelerator.device), self.tokenizer.pad_id)
+            totals[0] += nll.sum().double()
+            totals[1] += keep.sum()
+            totals[2] += self.char_lengths[targets].sum()
+        nll, tokens, chars = accelerator.reduce(totals, reduction="sum").tolist()
+        return {"val_loss": nll / tokens, "val_nats_per_char": nll / chars,
+                "val_bits_per_char": nll / chars / math.log(2), "val_tokens": tokens, "val_chars": chars}
+
+    def sample(self, model: Transformer) -> str | None:
+        from seq2seq.generation import GenerationConfig, generate
+        from seq2seq.prompting import build_source
+
+        source = build_source(self.tokenizer, self.config.eval.sample_prompt, task="prefix_lm", tone=None,
+                              max_len=self.config.objective.src_len + 2)
+        result = generate(model, self.tokenizer, [source.ids],
+                          GenerationConfig(max_new_tokens=self.config.eval.sample_tokens))[0]
+        return self.config.eval.sample_prompt + result.text
+
+
+def run_pretraining(config: PretrainConfig) -> Any:
+    tokenizer_path = Path(config.data.tokenizer)
+    if not tokenizer_path.exists():
+        raise FileNotFoundError(f"tokenizer not found: {tokenizer_path} (train it with `seq2seq data tokenizer`)")
+    tokenizer = Tokenizer.load(tokenizer_path)
+    corpus = load_corpus_checked(config.data, tokenizer)
+    model_config = build_model_config(config.model, tokenizer)
+    torch.manual_seed(config.train.seed)
+    model = Transformer(model_config)
+    task = PretrainingTask(config, tokenizer, corpus)
+    run_config = to_dict(config)
+    run_config["model"] = model_config.to_dict()
+    trainer = Trainer(config.train, model, task, config.output_dir, tokenizer=tokenizer, run_config=run_config)
+    if trainer.is_main:
+        print(f"model: {model.num_parameters():,} parameters; corpus {config.data.corpus}: "
+              f"{len(corpus.train):,} train / {len(corpus.val):,} val tokens; device {trainer.accelerator.device}, "
+              f"precision {trainer.accelerator.mixed_precision}, processes {trainer.accelerator.num_processes}",
+              file=sys.stderr)
+    return trainer.fit(config.resume)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    result = run_pretraining(config)
+    if result.interrupted:
+        return 130
+    print(f"model exported to {result.final_dir}")
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/pretrain/shakespeare-cpu.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides, e.g. train.lr=3e-4 train.max_steps=100 resume=latest")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "pretrain", help="pretrain the encoder-decoder on a tokenized corpus",
+        description="Pretrain on a corpus built by `seq2seq data corpus`, with prefix-to-continuation and span "
+                    "corruption objectives. Runs on CUDA, MPS or CPU, and under `accelerate launch`.")
+    add_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"pretrain: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,502 @@
+"""The training loop shared by pretraining and fine-tuning.
+
+A recipe (pretrain/, finetune/) hands `train()` a model, a `TrainingTask` that makes batches and evaluates,
+and a `TrainConfig`. The loop gives every recipe the same features:
+
+- Devices and precision through Hugging Face Accelerate: `device: auto|cpu|cuda|mps`, `precision: auto`
+  (bf16 autocast on CUDA, fp32 on MPS and CPU) or `fp32` / `bf16`; several processes (DDP) under
+  `accelerate launch`.
+- Batches are a pure function of (seed, step): the global batch of a step is the same whatever the number of
+  processes or accumulation steps, so a 2-process run matches a 1-process run and resuming needs only the
+  step. Losses are token-weighted over the whole global batch (not averaged per micro-batch).
+- AdamW with no weight decay on norms, biases and embeddings; linear warmup then cosine decay to
+  `min_lr_ratio * lr` over `decay_steps` (default `max_steps`); gradient clipping; gradient accumulation.
+- A NaN/inf loss or gradient skips the step with a warning; `max_bad_steps` in a row stop the run with an
+  error. A checkpoint is never written with non-finite weights.
+- Checkpoints every `save_every` steps and at the end: weights (safetensors), optimizer and scheduler
+  (loaded with `torch.load(weights_only=True)`), RNG states, step; each written atomically; the last
+  `keep_checkpoints` kept. `resume: latest` or a path continues exactly. Ctrl-C saves and exits cleanly.
+- Evaluation every `eval_every` steps (a quick subset) and a full one at the end; a text sample per eval;
+  TensorBoard through Accelerate's tracker and the same numbers in `metrics.jsonl`; a tqdm bar.
+
+Raises:
+    ValueError: batch_size not divisible by processes x grad_accum_steps; unknown device or precision.
+    NonFiniteLossError: `max_bad_steps` consecutive non-finite steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from tqdm.auto import tqdm
+
+from seq2seq.checkpoint import atomic_directory, save_pretrained, write_model_files
+from seq2seq.config import to_dict
+from seq2seq.model import LearnedPositionalEmbedding, TokenEmbedding, Transformer
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    batch_size: int = 32  # sequences per optimizer step, over all processes and accumulation steps
+    grad_accum_steps: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    decay_steps: int | None = None  # the cosine's length; None: max_steps (set it to resume into a longer run)
+    weight_decay: float = 0.1
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # 5.3: beta2 0.98
+    adam_eps: float = 1e-9
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    seed: int = 1337
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    log_every: int = 10
+    eval_every: int = 200
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    max_bad_steps: int = 5
+    early_stopping_patience: int | None = None  # evals without a new best val_loss before stopping
+    num_threads: int | None = None  # torch CPU threads; None: torch's default
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum_steps", "log_every", "eval_every", "save_every",
+                     "keep_checkpoints", "max_bad_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
+            raise ValueError("train.lr must be positive, train.min_lr_ratio in [0, 1], train.warmup_steps >= 0")
+        if len(self.adam_betas) != 2:
+            raise ValueError(f"train.adam_betas must be two numbers, got {self.adam_betas}")
+
+
+@dataclass
+class Batch:
+    """One micro-batch on one process. Masks are True at padding; None means no padding."""
+
+    src_ids: torch.Tensor
+    tgt_in: torch.Tensor
+    tgt_out: torch.Tensor
+    src_padding_mask: torch.Tensor | None = None
+    tgt_padding_mask: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(None if t is None else t.to(device, non_blocking=True) for t in dataclasses.astuple(self)))
+
+    def num_tokens(self) -> int:
+        """Source plus target tokens that are not padding (the tokens/s figure counts these)."""
+        src = self.src_ids.numel() - (0 if self.src_padding_mask is None else int(self.src_padding_mask.sum()))
+        tgt = self.tgt_in.numel() - (0 if self.tgt_padding_mask is None else int(self.tgt_padding_mask.sum()))
+        return src + tgt
+
+
+class TrainingTask(Protocol):
+    """What a recipe provides to the loop."""
+
+    def batches(self, step: int, rank: int, world_size: int, accum_steps: int) -> list[Batch]:
+        """This process's micro-batches of global step `step` (a pure function of its arguments)."""
+
+    def evaluate(self, model: Transformer, accelerator: Accelerator, full: bool) -> dict[str, float]:
+        """Validation metrics (at least `val_loss`). `full` at the end of training: all of val."""
+
+    def sample(self, model: Transformer) -> str | None:
+        """A short generated text for the logs, or None."""
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    step: int
+    final_dir: Path | None
+    metrics: dict[str, float]
+    interrupted: bool = False
+    stopped_early: bool = False
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def make_accelerator(config: TrainConfig, output_dir: Path, log: bool = True) -> Accelerator:
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device=cuda: no CUDA device is available")
+    if config.device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("train.device=mps: Apple MPS is not available")
+    cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()
+                                     and not torch.backends.mps.is_available())
+    if config.precision == "auto":
+        mixed = "bf16" if (not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()) else "no"
+    else:
+        mixed = "bf16" if config.precision == "bf16" else "no"
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=mixed,
+        log_with="tensorboard" if log else None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "tensorboard")),
+    )
+
+
+def parameter_groups(model: Transformer, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay matrices of linear layers only; not norms, biases or embeddings."""
+    no_decay = set()
+    for module in model.modules():
+        if isinstance(module, (TokenEmbedding, LearnedPositionalEmbedding, torch.nn.LayerNorm, torch.nn.RMSNorm)):
+            no_decay.update(id(p) for p in module.parameters(recurse=False))
+    decay, other = [], []
+    for parameter in model.parameters():  # tied parameters appear once
+        (other if id(parameter) in no_decay or parameter.dim() < 2 else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+
+
+def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
+    decay_steps = config.decay_steps or config.max_steps
+
+    def factor(step: int) -> float:  # `step` optimizer steps done so far
+        if step < config.warmup_steps:
+            return (step + 1) / (config.warmup_steps + 1)
+        progress = min(1.0, (step - config.warmup_steps) / max(1, decay_steps - config.warmup_steps))
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine
+
+    return factor
+
+
+# -- checkpoints ----------------------------------------------------------------------------------------------
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dirs(output_dir: Path) -> list[Path]:
+    """Complete checkpoints (their trainer_state.json is written last), oldest first."""
+    root = output_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name))
+             and (p / "trainer_state.json").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
+    if not resume:
+        return None
+    if resume == "latest":
+        dirs = checkpoint_dirs(output_dir)
+        return dirs[-1] if dirs else None  # nothing saved yet: start fresh
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise ValueError(f"resume: {path} is not a training checkpoint (no trainer_state.json)")
+    return path
+
+
+# -- the loop ---------------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: Transformer,
+        task: TrainingTask,
+        output_dir: str | Path,
+        tokenizer=None,
+        run_config: dict[str, Any] | None = None,
+        export_extra: Callable[[Path], None] | None = None,
+        accelerator: Accelerator | None = None,
+        log: bool = True,
+    ):
+        self.config = config
+        self.task = task
+        self.tokenizer = tokenizer
+        self.output_dir = Path(output_dir)
+        self.run_config = run_config or {}
+        self.export_extra = export_extra
+        self.accelerator = accelerator or make_accelerator(config, self.output_dir, log)
+        world = self.accelerator.num_processes
+        if config.batch_size % (world * config.grad_accum_steps):
+            raise ValueError(f"train.batch_size ({config.batch_size}) must be divisible by processes ({world}) x "
+                             f"train.grad_accum_steps ({config.grad_accum_steps})")
+        torch.manual_seed(config.seed + self.accelerator.process_index)  # dropout differs per process
+        optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
+                                      betas=tuple(config.adam_betas), eps=config.adam_eps)
+        self.model, self.optimizer = self.accelerator.prepare(SequenceLoss(model), optimizer)
+        # The scheduler is stepped by hand once per optimizer step (a prepared one steps once per process).
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
+        self.step = 0
+        self.best_val_loss = math.inf
+        self.evals_since_best = 0
+        self.bad_steps = 0
+        self.tokens_seen = 0
+        self.metrics_path = self.output_dir / "metrics.jsonl"
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def bare_model(self) -> Transformer:
+        return self.accelerator.unwrap_model(self.model).model
+
+    # -- logging -------------------------------------------------------------------------------------------
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if not self.is_main:
+            return
+        with open(self.metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.accelerator.log(metrics, step=step)
+
+    def log_text(self, tag: str, text: str, step: int) -> None:
+        if not self.is_main:
+            return
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.writer.add_text(tag, text, step)
+        with open(self.metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, tag: text}) + "\n")
+
+    # -- state -----------------------------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        """Write checkpoints/step-N atomically on the main process; every process adds its RNG state."""
+        model = self.bare_model
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise NonFiniteLossError(f"refusing to save step {self.step}: the weights hold NaN or inf")
+        target = self.output_dir / "checkpoints" / f"step-{self.step:07d}"
+        rng_dir = self.output_dir / "checkpoints" / f".rng-{self.step:07d}"
+        rng_dir.mkdir(parents=True, exist_ok=True)
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        torch.save(rng, rng_dir / f"rng-{self.accelerator.process_index}.pt")
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            with atomic_directory(target) as tmp:
+                write_model_files(tmp, model, self.tokenizer)
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+                for path in rng_dir.iterdir():
+                    shutil.copy(path, tmp / path.name)
+                state = {"step": self.step, "tokens_seen": self.tokens_seen, "best_val_loss": self.best_val_loss,
+                         "evals_since_best": self.evals_since_best, "bad_steps": self.bad_steps,
+                         "data_position": {"step": self.step}, "config": self.run_config}
+                (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
+            shutil.rmtree(rng_dir, ignore_errors=True)
+            for old in checkpoint_dirs(self.output_dir)[:-self.config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return target
+
+    def load_checkpoint(self, path: Path) -> None:
+        from seq2seq.checkpoint import load_state_dict
+
+        state = json.loads((path / "trainer_state.json").read_text())
+        weights = load_state_dict(path / "model.safetensors", "cpu")
+        self.bare_model.load_state_dict(weights, strict=False)
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        rng_path = path / f"rng-{self.accelerator.process_index}.pt"
+        if rng_path.is_file():
+            rng = torch.load(rng_path, weights_only=True)
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"])
+        else:
+            warnings.warn(f"{rng_path} missing (different process count?): dropout will not repeat exactly",
+                          stacklevel=2)
+        self.step = state["step"]
+        self.tokens_seen = state["tokens_seen"]
+        self.best_val_loss = state["best_val_loss"]
+        self.evals_since_best = state["evals_since_best"]
+        self.bad_steps = state["bad_steps"]
+        if self.is_main and self.metrics_path.is_file():  # drop what the interrupted run logged after this point
+            kept = [line for line in self.metrics_path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= self.step]
+            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    # -- one step ------------------------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, float] | None:
+        """One optimizer step over the global batch; None when the step was skipped as non-finite."""
+        accelerator = self.accelerator
+        batches = [b.to(accelerator.device) for b in self.task.batches(
+            self.step, accelerator.process_index, accelerator.num_processes, self.config.grad_accum_steps)]
+        counts = torch.tensor([float((b.tgt_out != self.bare_model.config.pad_id).sum()) for b in batches],
+                              device=accelerator.device)
+        global_targets = accelerator.reduce(counts.sum(), reduction="sum")
+        # DDP averages gradients over processes; scale so the result is the sum over the global batch / its tokens.
+        scale = accelerator.num_processes / global_targets
+        self.model.train()
+        loss_sum = torch.zeros((), device=accelerator.device)
+        tokens = 0
+        for i, batch in enumerate(batches):
+            sync = i == len(batches) - 1
+            with accelerator.no_sync(self.model) if not sync else nullcontext():
+                with accelerator.autocast():
+                    loss = self.model(batch, self.config.label_smoothing)
+                accelerator.backward(loss * scale)
+            loss_sum += loss.detach()
+            tokens += batch.num_tokens()
+        grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        total_loss = accelerator.reduce(loss_sum, reduction="sum") / global_targets
+        finite = bool(torch.isfinite(total_loss)) and bool(torch.isfinite(grad_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        if finite:
+            self.optimizer.step()
+            self.bad_steps = 0
+        else:
+            self.bad_steps += 1
+            warnings.warn(f"step {self.step}: non-finite loss or gradient (loss {float(total_loss)}, grad norm "
+                          f"{float(grad_norm)}); step skipped ({self.bad_steps} in a row)", stacklevel=2)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        self.tokens_seen += tokens * accelerator.num_processes
+        if self.bad_steps >= self.config.max_bad_steps:
+            raise NonFiniteLossError(f"{self.bad_steps} steps in a row had a non-finite loss or gradient "
+                                     f"(last at step {self.step}); lower train.lr or check the data")
+        if not finite:
+            return None
+        return {"loss": float(total_loss), "lr": lr, "grad_norm": float(grad_norm),
+                "tokens": tokens * accelerator.num_processes}
+
+    # -- evaluation ------------------------------------------------------------------------------------------
+
+    def evaluate(self, full: bool) -> dict[str, float]:
+        self.model.eval()
+        with torch.no_grad(), self.accelerator.autocast():
+            metrics = self.task.evaluate(self.bare_model, self.accelerator, full)
+        if self.is_main:
+            sample = self.task.sample(self.bare_model)
+            if sample is not None:
+                self.log_text("sample", sample, self.step)
+        self.log(metrics, self.step)
+        return metrics
+
+    def improved(self, metrics: dict[str, float]) -> bool:
+        """Track the best val_loss; True when patience for early stopping has run out."""
+        if metrics.get("val_loss", math.inf) < self.best_val_loss:
+            self.best_val_loss = metrics["val_loss"]
+            self.evals_since_best = 0
+            return False
+        self.evals_since_best += 1
+        patience = self.config.early_stopping_patience
+        return patience is not None and self.evals_since_best >= patience
+
+    # -- the run -----------------------------------------------------------------------------------------------
+
+    def export(self) -> Path:
+        final = self.output_dir / "final"
+        if self.is_main:
+            save_pretrained(self.bare_model, final, self.tokenizer, extra=self.export_extra)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def fit(self, resume: str | None = None) -> TrainResult:
+        config = self.config
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        resume_path = resolve_resume(resume, self.output_dir)
+        if resume_path is not None:
+            self.load_checkpoint(resume_path)
+        elif self.is_main and self.metrics_path.exists():
+            self.metrics_path.unlink()  # a fresh run starts a fresh log
+        if self.is_main:
+            (self.output_dir / "run_config.json").write_text(json.dumps(self.run_config, indent=2) + "\n")
+        self.accelerator.init_trackers("run", config=_flat_hparams(self.run_config))
+        metrics: dict[str, float] = {}
+        interrupted = stopped_early = False
+        progress = tqdm(total=config.max_steps, initial=self.step, disable=not self.is_main, desc="train",
+                        dynamic_ncols=True)
+        window_tokens, window_start = 0, time.perf_counter()
+        try:
+            while self.step < config.max_steps:
+                result = self.train_step()
+                progress.update(1)
+                if result is not None:
+                    window_tokens += result["tokens"]
+                    if self.step % config.log_every == 0 or self.step == config.max_steps:
+                        elapsed = time.perf_counter() - window_start
+                        result["tokens_per_s"] = window_tokens / max(elapsed, 1e-9)
+                        window_tokens, window_start = 0, time.perf_counter()
+                        del result["tokens"]
+                        self.log(result, self.step)
+                        progress.set_postfix(loss=f"{result['loss']:.3f}", lr=f"{result['lr']:.2e}",
+                                             tok_s=f"{result['tokens_per_s']:.0f}")
+                if self.step % config.eval_every == 0 and self.step < config.max_steps:
+                    metrics = self.evaluate(full=False)
+                    progress.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                    stopped_early = self.improved(metrics)
+                    window_start = time.perf_counter()  # eval time is not training time
+                if self.step % config.save_every == 0 or stopped_early:
+                    self.save_checkpoint()
+                if stopped_early:
+                    progress.write(f"early stopping at step {self.step}: no better val_loss in "
+                                   f"{self.evals_since_best} evaluations")
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+            progress.write(f"interrupted: saving a checkpoint at step {self.step} (resume with resume=latest)")
+        finally:
+            progress.close()
+        if interrupted:
+            self.save_checkpoint()
+            self.accelerator.end_training()
+            return TrainResult(self.step, None, metrics, interrupted=True)
+        metrics = self.evaluate(full=True)
+        self.improved(metrics)
+        if self.is_main:
+            print(f"final (step {self.step}): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if not (self.output_dir / "checkpoints" / f"step-{self.step:07d}").is_dir():
+            self.save_checkpoint()
+        final = self.export()
+        self.accelerator.end_training()
+        return TrainResult(self.step, final, metrics, stopped_early=stopped_early)
+
+
+class SequenceLoss(torch.nn.Module):
+    """A Transformer whose `forward` is its training loss: DDP synchronises gradients only through the
+    wrapped module's `forward`, so this is what `accelerator.prepare` wraps."""
+
+    def __init__(self, model: Transformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch, label_smoothing: float) -> torch.Tensor:
+        return self.model.loss(batch.src_ids, batch.tgt_in, batch.tgt_out, batch.src_padding_mask,
+                               batch.tgt_padding_mask, label_smoothing, reduction="sum")
+
+
+def _flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """TensorBoard hparams take scalars and strings only."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat_hparams(value, f"{name}."))
+        elif isinstance(value, (int, float, str, bool)):
+            flat[name] = value
+        elif value is not None:
+            flat[name] = str(value)
+    return flat
+
+
+def run_config_dict(*configs: tuple[str, Any]) -> dict[str, Any]:
+    return {name: to_dict(value) for name, value in configs}

@@ -1,0 +1,197 @@
+"""The shared training loop: exact resume, Ctrl-C, non-finite steps, schedule, parameter groups, logs."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from seq2seq.checkpoint import load_model
+from seq2seq.model import ModelConfig, Transformer
+from seq2seq.trainer import (
+    Batch,
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    checkpoint_dirs,
+    lr_lambda,
+    parameter_groups,
+)
+
+VOCAB = 30
+
+
+class CopyTask:
+    """Reverse a random sequence: batches are a pure function of the step, like the real recipes'."""
+
+    def __init__(self, batch_size: int, fail_at: set[int] | None = None, interrupt_at: int | None = None):
+        self.batch_size = batch_size
+        self.fail_at = fail_at or set()
+        self.interrupt_at = interrupt_at
+        self.evaluations = 0
+
+    def global_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(1000 + step)
+        src = torch.randint(4, VOCAB, (self.batch_size, 6), generator=generator)
+        tgt = torch.cat([torch.full((self.batch_size, 1), 2), src.flip(1), torch.full((self.batch_size, 1), 3)], 1)
+        return src, tgt
+
+    def batches(self, step, rank, world_size, accum_steps):
+        if step == self.interrupt_at:
+            self.interrupt_at = None
+            raise KeyboardInterrupt
+        src, tgt = self.global_batch(step)
+        if step in self.fail_at:
+            src = src.clone()
+            src[0, 0] = -1  # poison marker, turned into a NaN by the model patch below
+        micro = self.batch_size // (world_size * accum_steps)
+        out = []
+        for m in range(accum_steps):
+            rows = slice((m * world_size + rank) * micro, (m * world_size + rank + 1) * micro)
+            out.append(Batch(src[rows], tgt[rows, :-1], tgt[rows, 1:]))
+        return out
+
+    def evaluate(self, model, accelerator, full):
+        self.evaluations += 1
+        src, tgt = self.global_batch(10_000)
+        return {"val_loss": float(model.loss(src, tgt[:, :-1], tgt[:, 1:]))}
+
+    def sample(self, model):
+        return None
+
+
+def make_model(dropout: float = 0.1) -> Transformer:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=VOCAB, d_model=32, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, d_ff=64,
+                         dropout=dropout, max_seq_len=16, norm_placement="pre")
+    model = Transformer(config)
+    original = model.loss
+
+    def loss(src_ids, *args, **kwargs):  # a poisoned batch gives a NaN loss, as bad data or a blow-up would
+        poisoned = bool((src_ids < 0).any())
+        value = original(src_ids.clamp(min=4), *args, **kwargs)
+        return value * float("nan") if poisoned else value
+
+    model.loss = loss
+    return model
+
+
+def train_config(**overrides) -> TrainConfig:
+    base = dict(max_steps=8, batch_size=4, grad_accum_steps=2, lr=3e-3, warmup_steps=2, decay_steps=8, device="cpu",
+                log_every=1, eval_every=4, save_every=4, seed=7)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def losses(output_dir) -> dict[int, float]:
+    lines = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row["loss"] for row in lines if "loss" in row}
+
+
+def test_resumed_run_logs_the_same_losses(tmp_path):
+    full = Trainer(train_config(), make_model(), CopyTask(4), tmp_path / "full", log=False)
+    full.fit()
+    first = Trainer(train_config(max_steps=4), make_model(), CopyTask(4), tmp_path / "split", log=False)
+    first.fit()
+    second = Trainer(train_config(), make_model(), CopyTask(4), tmp_path / "split", log=False)
+    second.fit(resume="latest")
+    assert len(losses(tmp_path / "full")) == 8
+    assert losses(tmp_path / "split") == losses(tmp_path / "full")  # bit-exact, dropout included
+    a = load_model(tmp_path / "full" / "final").state_dict()
+    b = load_model(tmp_path / "split" / "final").state_dict()
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_ctrl_c_saves_and_resume_continues_exactly(tmp_path):
+    reference = Trainer(train_config(), make_model(), CopyTask(4), tmp_path / "ref", log=False)
+    reference.fit()
+    interrupted = Trainer(train_config(), make_model(), CopyTask(4, interrupt_at=5), tmp_path / "run", log=False)
+    result = interrupted.fit()
+    assert result.interrupted and result.step == 5
+    assert checkpoint_dirs(tmp_path / "run")[-1].name == "step-0000005"
+    assert not (tmp_path / "run" / "final").exists()
+    resumed = Trainer(train_config(), make_model(), CopyTask(4), tmp_path / "run", log=False)
+    resumed.fit(resume="latest")
+    assert losses(tmp_path / "run") == losses(tmp_path / "ref")
+
+
+def test_a_non_finite_step_is_skipped_with_a_warning(tmp_path):
+    trainer = Trainer(train_config(max_steps=4), make_model(0.0), CopyTask(4, fail_at={2}), tmp_path, log=False)
+    with pytest.warns(UserWarning, match="step 2: non-finite"):
+        result = trainer.fit()
+    assert result.step == 4
+    assert sorted(losses(tmp_path)) == [1, 2, 4]  # step 3 (0-based 2) logged nothing
+    assert all(torch.isfinite(p).all() for p in load_model(tmp_path / "final").parameters())
+
+
+def test_consecutive_non_finite_steps_stop_the_run(tmp_path):
+    trainer = Trainer(train_config(max_bad_steps=3), make_model(0.0), CopyTask(4, fail_at={1, 2, 3, 4}), tmp_path,
+                      log=False)
+    with pytest.warns(UserWarning), pytest.raises(NonFiniteLossError, match="3 steps in a row"):
+        trainer.fit()
+
+
+def test_checkpoints_never_hold_non_finite_weights(tmp_path):
+    trainer = Trainer(train_config(), make_model(), CopyTask(4), tmp_path, log=False)
+    with torch.no_grad():
+        trainer.bare_model.src_embed.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="refusing to save"):
+        trainer.save_checkpoint()
+    assert checkpoint_dirs(tmp_path) == []
+
+
+def test_last_k_checkpoints_are_kept_and_final_is_exported(tmp_path):
+    trainer = Trainer(train_config(max_steps=12, save_every=2, keep_checkpoints=2, eval_every=100), make_model(),
+                      CopyTask(4), tmp_path, log=False)
+    result = trainer.fit()
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-0000010", "step-0000012"]
+    assert result.final_dir == tmp_path / "final"
+    assert {p.name for p in result.final_dir.iterdir()} == {"config.json", "model.safetensors"}
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "loss", "lr", "grad_norm", "tokens_per_s"} <= set(records[0])
+    assert "val_loss" in records[-1]
+
+
+def test_training_learns_and_writes_tensorboard(tmp_path):
+    trainer = Trainer(train_config(max_steps=200, eval_every=100, lr=1e-2, warmup_steps=10, decay_steps=200),
+                      make_model(0.0), CopyTask(8), tmp_path)
+    result = trainer.fit()
+    logged = losses(tmp_path)
+    assert logged[200] < 0.5 * logged[1]
+    assert result.metrics["val_loss"] < 0.5 * logged[1]
+    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_early_stopping_on_val_loss(tmp_path):
+    config = train_config(max_steps=40, eval_every=2, early_stopping_patience=2, lr=1e-9, warmup_steps=0)
+
+    class FlatTask(CopyTask):
+        def evaluate(self, model, accelerator, full):
+            return {"val_loss": 1.0}
+
+    result = Trainer(config, make_model(), FlatTask(4), tmp_path, log=False).fit()
+    assert result.stopped_early and result.step == 6  # best at step 2, no improvement at 4 and 6
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    factor = lr_lambda(TrainConfig(max_steps=100, warmup_steps=10, min_lr_ratio=0.1))
+    assert factor(0) < factor(5) < factor(9) < 1.0
+    assert factor(10) == pytest.approx(1.0)
+    assert factor(55) == pytest.approx(0.55)
+    assert factor(100) == pytest.approx(0.1) and factor(500) == pytest.approx(0.1)
+
+
+def test_no_weight_decay_on_norms_biases_and_embeddings():
+    model = make_model()
+    decay, no_decay = parameter_groups(model, 0.1)
+    decayed = {id(p) for p in decay["params"]}
+    assert id(model.src_embed.weight) not in decayed
+    assert all(p.dim() == 2 for p in decay["params"])
+    assert all(id(p) not in decayed for name, p in model.named_parameters() if "norm" in name or "bias" in name)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert math.isclose(no_decay["weight_decay"], 0.0)
+
+
+def test_batch_size_must_split_over_accumulation():
+    with pytest.raises(ValueError, match="batch_size"):
+        Trainer(train_config(batch_size=5, grad_accum_steps=2), make_model(), CopyTask(4), "unused", log=False)
