@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from seq2seq.padding import pad
 from seq2seq.trainer import Batch
 
 
@@ -152,17 +153,6 @@ class ValSpans:
         tgt_in_mask = None if tgt_mask is None else tgt_mask[:, :-1]
         return Batch(src, tgt_in, tgt_out, src_mask, tgt_in_mask), tgt_out
 
-
-def pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Right-pad rows to one length; the mask is None when no row needed padding."""
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-    if all(len(r) == length for r in rows):
-        return ids, None
-    lengths = torch.tensor([len(r) for r in rows])
-    return ids, torch.arange(length)[None, :] >= lengths[:, None]
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_pipelines.corpus import load_corpus
 from pretrain.objectives import ObjectiveConfig, PretrainingObjectives, ValSpans, sequence_nll
 from seq2seq.config import apply_overrides, from_dict, load_yaml, to_dict
 from seq2seq.model import ModelConfig, Transformer
@@ -80,16 +81,6 @@ def build_model_config(model: dict[str, Any], tokenizer: Tokenizer) -> ModelConf
     return ModelConfig.from_dict(fields)
 
 
-def load_corpus_checked(config: DataConfig, tokenizer: Tokenizer):
-    from data_pipelines.corpus import load_corpus
-
-    corpus = load_corpus(config.corpus)
-    if corpus.meta.get("tokenizer_sha256") != tokenizer.sha256():
-        raise ValueError(f"{config.corpus} was built with another tokenizer than {config.tokenizer}; rebuild it "
-                         f"with `seq2seq data corpus`")
-    return corpus
-
-
 class PretrainingTask:
     """The pretraining objectives plus the val measurement, as the shared loop expects them."""
 
@@ -137,7 +128,7 @@ def run_pretraining(config: PretrainConfig) -> Any:
     if not tokenizer_path.exists():
         raise FileNotFoundError(f"tokenizer not found: {tokenizer_path} (train it with `seq2seq data tokenizer`)")
     tokenizer = Tokenizer.load(tokenizer_path)
-    corpus = load_corpus_checked(config.data, tokenizer)
+    corpus = load_corpus(config.data.corpus, tokenizer)
     model_config = build_model_config(config.model, tokenizer)
     torch.manual_seed(config.train.seed)
     model = Transformer(model_config)

@@ -1,0 +1,5 @@
+import sys
+
+from finetune.recipe import main
+
+sys.exit(main())

@@ -1,0 +1,190 @@
+"""Pretraining: the objectives, the val measurement, the command end to end, and 2 processes against 1."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pretrain_fixtures import make_corpus
+
+from data_pipelines.corpus import load_corpus
+from pretrain.objectives import ObjectiveConfig, PretrainingObjectives, ValSpans, sequence_nll
+from pretrain.recipe import PretrainingTask, load_config
+from seq2seq.model import ModelConfig, Transformer
+from seq2seq.tokenizer import Tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "pretrain" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def corpus_paths(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("play"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus_paths):
+    return Tokenizer.load(corpus_paths[0])
+
+
+@pytest.fixture(scope="module")
+def corpus(corpus_paths, tokenizer):
+    return load_corpus(corpus_paths[1], tokenizer)
+
+
+def objectives(corpus, tokenizer, **overrides) -> PretrainingObjectives:
+    config = ObjectiveConfig(**{"src_len": 24, "tgt_len": 16, **overrides})
+    return PretrainingObjectives(config, np.asarray(corpus.train), tokenizer, batch_size=8, seed=3)
+
+
+def find(haystack: np.ndarray, needle: np.ndarray) -> list[int]:
+    windows = np.lib.stride_tricks.sliding_window_view(haystack, len(needle))
+    return np.flatnonzero((windows == needle).all(axis=1)).tolist()
+
+
+def test_prefix_lm_continues_the_text_the_encoder_reads(corpus, tokenizer):
+    batch = objectives(corpus, tokenizer).batches(step=0, rank=0, world_size=1, accum_steps=1)[0]
+    assert batch.src_ids.shape == (8, 24 + 2) and batch.tgt_in.shape == (8, 16)
+    assert (batch.src_ids[:, 0] == tokenizer.task_id("prefix_lm")).all()
+    assert (batch.src_ids[:, -1] == tokenizer.eos_id).all() and (batch.tgt_in[:, 0] == tokenizer.bos_id).all()
+    assert torch.equal(batch.tgt_in[:, 1:], batch.tgt_out[:, :-1])
+    train = np.asarray(corpus.train)
+    for row in range(8):
+        text = np.concatenate([batch.src_ids[row, 1:-1].numpy(), batch.tgt_out[row].numpy()])
+        assert find(train, text), "source and target are one contiguous stretch of the corpus"
+
+
+def test_prefix_length_varies_per_step_when_asked(corpus, tokenizer):
+    lengths = {objectives(corpus, tokenizer, min_prefix_len=4).batches(s, 0, 1, 1)[0].src_ids.shape[1]
+               for s in range(20)}
+    assert len(lengths) > 3 and min(lengths) >= 4 + 2 and max(lengths) <= 24 + 2
+
+
+def test_span_corruption_round_trips_to_the_original_window(corpus, tokenizer):
+    maker = objectives(corpus, tokenizer, span_corruption=1.0, src_len=40)
+    batch = maker.batches(step=1, rank=0, world_size=1, accum_steps=1)[0]
+    sentinels = {tokenizer.sentinel_id(i): i for i in range(tokenizer.num_sentinels)}
+    noise, spans = maker.span_lengths(40)
+    assert batch.src_ids.shape == (8, 40 - noise + spans + 2) and batch.tgt_out.shape == (8, noise + spans + 1)
+    train = np.asarray(corpus.train)
+    for row in range(8):
+        src = batch.src_ids[row, 1:-1].tolist()
+        tgt = batch.tgt_out[row, :-1].tolist()
+        assert batch.src_ids[row, 0] == tokenizer.task_id("span_corruption")
+        assert batch.tgt_out[row, -1] == tokenizer.eos_id
+        filled: dict[int, list[int]] = {}
+        for token in tgt:
+            if token in sentinels:
+                current = filled.setdefault(sentinels[token], [])
+            else:
+                current.append(token)
+        assert sorted(filled) == list(range(spans)) and all(filled.values())
+        original = [t for token in src for t in (filled[sentinels[token]] if token in sentinels else [token])]
+        assert len(original) == 40 and find(train, np.array(original))
+
+
+def test_batches_depend_only_on_the_step_and_split_over_processes(corpus, tokenizer):
+    maker = objectives(corpus, tokenizer, span_corruption=0.5)
+    whole = maker.batches(5, 0, 1, 1)[0]
+    again = objectives(corpus, tokenizer, span_corruption=0.5).batches(5, 0, 1, 1)[0]
+    assert torch.equal(whole.src_ids, again.src_ids)
+    parts = [b for rank in range(2) for b in maker.batches(5, rank, 2, 2)]  # 2 processes x 2 accumulation steps
+    # Micro-batch m of rank r holds rows [(m * world + r) * micro, ...): reassemble in that order.
+    ordered = [parts[0], parts[2], parts[1], parts[3]]
+    assert torch.equal(torch.cat([b.src_ids for b in ordered]), whole.src_ids)
+    assert not torch.equal(maker.batches(6, 0, 1, 1)[0].tgt_out, whole.tgt_out)
+
+
+def test_val_spans_tile_the_whole_val_split(corpus, tokenizer):
+    spans = ValSpans(np.asarray(corpus.val), src_len=20, tgt_len=16)
+    batch, targets = spans.batch(list(range(len(spans))), tokenizer, tokenizer.task_id("prefix_lm"))
+    predicted = targets[targets != tokenizer.pad_id]
+    assert torch.equal(predicted, torch.from_numpy(np.asarray(corpus.val).astype(np.int64)))
+    assert int(torch.from_numpy(tokenizer.char_lengths())[predicted].sum()) == corpus.meta["val"]["chars"]
+    # Span i's encoder reads the 20 tokens before it.
+    assert batch.src_ids[3, 1:21].tolist() == np.asarray(corpus.val)[3 * 16 - 20:3 * 16].tolist()
+
+
+def test_val_nats_per_char_is_summed_nll_over_characters(corpus_paths, corpus, tokenizer):
+    config = load_config(TINY, [f"data.corpus={corpus_paths[1]}", f"data.tokenizer={corpus_paths[0]}"])
+    task = PretrainingTask(config, tokenizer, corpus)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_heads=4, n_encoder_layers=1,
+                                    n_decoder_layers=1, d_ff=64, dropout=0.0)).eval()
+
+    class OneProcess:
+        process_index, num_processes, device = 0, 1, torch.device("cpu")
+
+        @staticmethod
+        def reduce(tensor, reduction):
+            return tensor
+
+    metrics = task.evaluate(model, OneProcess(), full=True)
+    batch, _ = task.val.batch(list(range(len(task.val))), tokenizer, tokenizer.task_id("prefix_lm"))
+    nll, keep = sequence_nll(model, batch, tokenizer.pad_id)
+    assert metrics["val_chars"] == corpus.meta["val"]["chars"]
+    assert metrics["val_tokens"] == len(corpus.val)
+    assert metrics["val_nats_per_char"] == pytest.approx(float(nll.sum()) / corpus.meta["val"]["chars"], rel=1e-5)
+    assert metrics["val_loss"] == pytest.approx(float(nll.sum() / keep.sum()), rel=1e-5)
+    assert metrics["val_bits_per_char"] == pytest.approx(metrics["val_nats_per_char"] / np.log(2))
+
+
+def run_pretrain(args: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    command = (launcher or [sys.executable, "-m", "pretrain"]) + ["--config", str(TINY), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def logged(output_dir: Path, key: str) -> dict[int, float]:
+    rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row[key] for row in rows if key in row}
+
+
+def test_pretrain_command_end_to_end(corpus_paths, tmp_path):
+    out = tmp_path / "run"
+    run_pretrain([f"output_dir={out}", f"data.corpus={corpus_paths[1]}", f"data.tokenizer={corpus_paths[0]}"])
+    assert {p.name for p in (out / "final").iterdir()} >= {"config.json", "model.safetensors", "tokenizer.model"}
+    losses = logged(out, "loss")
+    assert sorted(losses) == [5, 10, 15, 20]
+    assert losses[20] < losses[5]
+    assert logged(out, "val_nats_per_char")[20] > 0
+    assert logged(out, "sample")  # a generated text is logged with each evaluation
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_two_processes_match_one_with_the_same_global_batch(corpus_paths, tmp_path):
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    common = [f"data.corpus={corpus_paths[1]}", f"data.tokenizer={corpus_paths[0]}", "train.max_steps=6",
+              "train.log_every=1", "train.eval_every=100", "train.save_every=100", "eval.sample_tokens=1"]
+    run_pretrain([f"output_dir={tmp_path / 'one'}", "train.grad_accum_steps=2", *common])
+    launcher = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pretrain"]
+    run_pretrain([f"output_dir={tmp_path / 'two'}", *common], launcher=launcher)
+    one, two = logged(tmp_path / "one", "loss"), logged(tmp_path / "two", "loss")
+    assert sorted(one) == sorted(two) == list(range(1, 7))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4)
+    final_one = logged(tmp_path / "one", "val_nats_per_char")[6]
+    assert logged(tmp_path / "two", "val_nats_per_char")[6] == pytest.approx(final_one, rel=1e-4)
+
+
+def test_unknown_override_is_named(corpus_paths):
+    with pytest.raises(ValueError, match="train.learning_rate"):
+        load_config(TINY, ["train.learning_rate=1e-3"])
+    with pytest.raises(ValueError, match="objective.span_corruption"):
+        load_config(TINY, ["objective.span_corruption=2"])
+
+
+def test_missing_corpus_names_the_command(tmp_path, corpus_paths):
+    result = subprocess.run([sys.executable, "-m", "pretrain", "--config", str(TINY), f"output_dir={tmp_path}",
+                             f"data.corpus={tmp_path / 'nowhere'}", f"data.tokenizer={corpus_paths[0]}"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    assert "nowhere" in result.stderr and "seq2seq data corpus" in result.stderr
