@@ -147,5 +147,8 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
     if hint is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):
+            raise ValueError(f"{name}: expected a string, got {value!r} (YAML reads unquoted yes/no/on/off as "
+                             f"true/false: quote it)")
         raise ValueError(f"{name}: expected a string, got {value!r}")
     return value

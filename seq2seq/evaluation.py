@@ -1,0 +1,437 @@
+"""Zero-, one- and few-shot evaluation, as in "Language Models are Few-Shot Learners" (Brown et al., 2020):
+`seq2seq eval --model DIR --tasks NAME|FILE.yaml[,...] --shots 0,1,5 [--limit N] [--seed S] [--out FILE]`.
+
+Conventions follow EleutherAI's lm-evaluation-harness so numbers compare:
+- the context is the instruction, then k demonstrations, then the query, joined by a blank line ("\\n\\n");
+  each demonstration is `question + target_delimiter + answer`, the target delimiter a space;
+- demonstrations are drawn with a fixed seed from the demonstration split and never include the query item;
+- `loglikelihood` tasks score each choice by the summed log-probability of its tokens; `acc` is the argmax of
+  that sum, `acc_norm` the argmax of the sum divided by the choice's length in characters;
+- `generate` tasks decode greedily and score exact match and token F1 (SQuAD normalisation).
+For the encoder-decoder the context is the encoder's input (behind the task marker and tone token the model
+was fine-tuned with, when it has them) and the answer is the decoder's: the decoder scores the choices, or
+generates. When the context is longer than the model's source length, demonstrations are dropped (the last
+first) before the query is cut from the left, and the report counts the dropped demonstrations.
+
+A task file (YAML): see `TaskConfig` below, and configs/eval/*.yaml for the built-in tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from seq2seq.config import from_dict, load_yaml, to_dict
+from seq2seq.metrics import exact_match, mean_and_stderr, token_f1
+from seq2seq.padding import pad
+
+BUILTIN_DIR = Path(__file__).resolve().parents[1] / "configs" / "eval"
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 32
+
+
+@dataclass
+class TaskConfig:
+    name: str
+    data: str  # a JSONL file: the mixture schema, or any JSONL with `fields` mapping
+    metric: Literal["loglikelihood", "generate"]
+    query_split: str = "test"  # rows whose `split` field is this give the queries...
+    demo_split: str = "train"  # ...and these the demonstrations
+    demo_data: str | None = None  # demonstrations from another file (its rows, whatever their split)
+    fields: dict[str, str] = field(default_factory=dict)  # our name -> the file's field, e.g. {prompt: question}
+    where: dict[str, Any] = field(default_factory=dict)  # keep rows whose fields equal these, e.g. {task: speaker}
+    instruction: str = ""
+    template: str = "{prompt}"  # the question, formatted from a row's fields
+    answer: str = "{response}"  # the answer, formatted from a row's fields
+    demo_separator: str = "\n\n"
+    target_delimiter: str = " "
+    choices: list[str] | None = None  # loglikelihood: fixed choices (e.g. [yes, no])...
+    num_choices: int | None = None  # ...or the answer plus this many minus one other answers of the demo split
+    task_marker: str | None = None  # fine-tuning task whose marker starts the encoder input (when the model has it)
+    tone: str | None = "plain"
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+
+    def __post_init__(self) -> None:
+        if self.metric == "loglikelihood" and not self.choices and not self.num_choices:
+            raise ValueError(f"task {self.name}: a loglikelihood task needs `choices` or `num_choices`")
+        if self.num_choices is not None and self.num_choices < 2:
+            raise ValueError(f"task {self.name}: num_choices must be at least 2")
+
+
+def load_task(spec: str) -> TaskConfig:
+    """A task by built-in name (configs/eval/NAME.yaml) or by path; a bad key is named with the file."""
+    path = Path(spec)
+    if not path.suffix:
+        path = BUILTIN_DIR / f"{spec}.yaml"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml")))
+            raise ValueError(f"unknown task {spec!r} (built-in: {known}; or pass a .yaml file)")
+    try:
+        return from_dict(TaskConfig, load_yaml(path))
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Items
+
+
+@dataclass
+class Item:
+    question: str
+    answer: str
+    row: dict[str, Any]
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (build the mixture with `seq2seq data build`, or fix `data:`)")
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object")
+            rows.append(row)
+    return rows
+
+
+def to_items(task: TaskConfig, rows: list[dict[str, Any]], path: str, split: str | None) -> list[Item]:
+    """Rows (fields renamed by `task.fields`) of `split` (None: all) that match `task.where`, as items."""
+    items = []
+    for number, row in enumerate(rows, 1):
+        values = {**row, **{ours: row.get(theirs) for ours, theirs in task.fields.items()}}
+        if split is not None and values.get("split") != split:
+            continue
+        if any(values.get(key) != value for key, value in task.where.items()):
+            continue
+        try:
+            items.append(Item(task.template.format(**values).strip(), task.answer.format(**values).strip(), values))
+        except KeyError as error:
+            raise ValueError(f"{path}: row {number} has no field {error} used by task {task.name}'s template "
+                             f"(map it with `fields:`)") from None
+    return items
+
+
+def load_items(task: TaskConfig) -> tuple[list[Item], list[Item]]:
+    rows = read_rows(task.data)
+    if task.demo_data:
+        queries = to_items(task, rows, task.data, None)
+        demos = to_items(task, read_rows(task.demo_data), task.demo_data, None)
+    else:
+        queries = to_items(task, rows, task.data, task.query_split)
+        demos = to_items(task, rows, task.data, task.demo_split)
+    if not queries:
+        raise ValueError(f"task {task.name}: no query items in {task.data} (split {task.query_split!r}, "
+                         f"where {task.where})")
+    return queries, demos
+
+
+def sample_demonstrations(demos: list[Item], query: Item, k: int, rng: np.random.Generator) -> list[Item]:
+    """k demonstrations drawn without replacement, never the query item itself (nor a copy of it)."""
+    if k == 0:
+        return []
+    candidates = rng.permutation(len(demos))
+    picked = []
+    for i in candidates:
+        if demos[i].question == query.question and demos[i].answer == query.answer:
+            continue
+        picked.append(demos[i])
+        if len(picked) == k:
+            break
+    return picked
+
+
+def choices_for(task: TaskConfig, item: Item, answers: list[str], rng: np.random.Generator) -> list[str]:
+    if task.choices:
+        return list(task.choices)
+    others = [a for a in answers if a != item.answer]
+    picked = rng.choice(others, size=min(len(others), task.num_choices - 1), replace=False).tolist()
+    choices = [item.answer, *picked]
+    return [choices[i] for i in rng.permutation(len(choices))]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Contexts
+
+
+def render_context(task: TaskConfig, demos: list[Item], query: Item) -> str:
+    parts = [task.instruction] if task.instruction else []
+    parts += [f"{d.question}{task.target_delimiter}{d.answer}" for d in demos]
+    parts.append(query.question + task.target_delimiter.rstrip(" "))
+    return task.demo_separator.join(parts)
+
+
+@dataclass
+class Context:
+    ids: list[int]
+    demos_dropped: int
+    truncated_tokens: int
+
+
+def encode_context(task: TaskConfig, demos: list[Item], query: Item, tokenizer, prefix: list[int],
+                   max_len: int) -> Context:
+    """`prefix` (task marker, tone) + context + </s>, within max_len: drop demonstrations (the last first),
+    then cut the context from the left."""
+    budget = max_len - len(prefix) - 1
+    kept = list(demos)
+    ids = tokenizer.encode(render_context(task, kept, query))
+    while len(ids) > budget and kept:
+        kept.pop()
+        ids = tokenizer.encode(render_context(task, kept, query))
+    truncated = max(0, len(ids) - budget)
+    return Context([*prefix, *ids[truncated:], tokenizer.eos_id], len(demos) - len(kept), truncated)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scoring
+
+
+@torch.no_grad()
+def choice_logprobs(model, tokenizer, sources: list[list[int]], choices: list[str], batch_size: int = 32,
+                    progress: tqdm | None = None) -> list[float]:
+    """Summed log-probability of each choice's tokens (lm-eval: no end-of-sequence term) given its source;
+    the decoder reads [bos] + choice tokens. One entry per (source, choice) pair."""
+    device = next(model.parameters()).device
+    scores = []
+    for start in range(0, len(sources), batch_size):
+        srcs = sources[start:start + batch_size]
+        targets = [tokenizer.encode(c) for c in choices[start:start + batch_size]]
+        src, src_mask = pad(srcs, tokenizer.pad_id)
+        tgt_in, tgt_mask = pad([[tokenizer.bos_id, *t[:-1]] for t in targets], tokenizer.pad_id)
+        tgt_out, _ = pad(targets, tokenizer.pad_id)
+        logits = model(src.to(device), tgt_in.to(device), None if src_mask is None else src_mask.to(device),
+                       None if tgt_mask is None else tgt_mask.to(device)).float()
+        logprobs = logits.log_softmax(-1).gather(-1, tgt_out.to(device)[..., None]).squeeze(-1)
+        for row, target in enumerate(targets):
+            scores.append(float(logprobs[row, :len(target)].sum()))
+        if progress is not None:
+            progress.update(len(srcs))
+    return scores
+
+
+def model_prefix(task: TaskConfig, tokenizer, inference: dict[str, Any] | None) -> list[int]:
+    """The task marker and tone token to put first: the task's own when the model was fine-tuned (it has
+    inference.json) and knows the marker; a pretrained-only model reads text behind its prefix-LM marker."""
+    if inference is None:
+        return [tokenizer.task_id("prefix_lm")] if "prefix_lm" in tokenizer.tasks else []
+    prefix = []
+    marker = task.task_marker or inference.get("task")
+    if marker and marker in tokenizer.tasks:
+        prefix.append(tokenizer.task_id(marker))
+    if task.tone and inference.get("tones"):
+        prefix.append(tokenizer.tone_id(task.tone))
+    return prefix
+
+
+def evaluate_task(model, tokenizer, task: TaskConfig, shots: list[int], limit: int | None, seed: int,
+                  inference: dict[str, Any] | None, max_len: int, batch_size: int = 32) -> list[dict[str, Any]]:
+    queries, demos = load_items(task)
+    if limit is not None and len(queries) > limit:
+        queries = [queries[i] for i in sorted(np.random.default_rng(seed).choice(len(queries), limit, replace=False))]
+    if max(shots) > 0 and len(demos) < max(shots) + 1:
+        raise ValueError(f"task {task.name}: {len(demos)} demonstration items cannot give {max(shots)} shots")
+    prefix = model_prefix(task, tokenizer, inference)
+    answers = sorted({d.answer for d in demos} | {q.answer for q in queries})
+    rows = []
+    for k in shots:
+        rng = np.random.default_rng([seed, k])
+        contexts = [encode_context(task, sample_demonstrations(demos, q, k, rng), q, tokenizer, prefix, max_len)
+                    for q in queries]
+        row: dict[str, Any] = {"task": task.name, "shots": k, "n": len(queries),
+                               "demos_dropped": sum(c.demos_dropped for c in contexts),
+                               "truncated_queries": sum(c.truncated_tokens > 0 for c in contexts)}
+        if task.metric == "loglikelihood":
+            choice_rng = np.random.default_rng([seed, 10_000])  # the same choices at every k
+            options = [choices_for(task, q, answers, choice_rng) for q in queries]
+            pairs = [(c.ids, choice) for c, opts in zip(contexts, options) for choice in opts]
+            with tqdm(total=len(pairs), desc=f"{task.name} {k}-shot", leave=False) as progress:
+                scores = choice_logprobs(model, tokenizer, [p[0] for p in pairs], [p[1] for p in pairs], batch_size,
+                                         progress)
+            acc, acc_norm, position = [], [], 0
+            for q, opts in zip(queries, options):
+                s = np.array(scores[position:position + len(opts)])
+                position += len(opts)
+                lengths = np.array([max(1, len(o)) for o in opts])
+                acc.append(float(opts[int(s.argmax())] == q.answer))
+                acc_norm.append(float(opts[int((s / lengths).argmax())] == q.answer))
+            row["metrics"] = summarize_metric({"acc": acc, "acc_norm": acc_norm})
+            row["baselines"] = multiple_choice_baselines(queries, options, demos)
+        else:
+            from seq2seq.generation import GenerationConfig, generate
+
+            predictions = []
+            settings = GenerationConfig(max_new_tokens=task.generation.max_new_tokens, stop_strings=["\n\n"])
+            for start in tqdm(range(0, len(contexts), batch_size), desc=f"{task.name} {k}-shot", leave=False):
+                results = generate(model, tokenizer, [c.ids for c in contexts[start:start + batch_size]], settings)
+                predictions += [r.text.strip() for r in results]
+            row["metrics"] = summarize_metric({
+                "exact_match": [exact_match(p, q.answer) for p, q in zip(predictions, queries)],
+                "token_f1": [token_f1(p, q.answer) for p, q in zip(predictions, queries)]})
+            row["baselines"] = generation_baselines(queries, demos, seed)
+            row["examples"] = [{"query": q.question, "answer": q.answer, "prediction": p}
+                               for q, p in list(zip(queries, predictions))[:3]]
+        rows.append(row)
+    return rows
+
+
+def summarize_metric(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    return {name: dict(zip(("value", "stderr"), mean_and_stderr(v))) for name, v in values.items()}
+
+
+def multiple_choice_baselines(queries: list[Item], options: list[list[str]], demos: list[Item]) -> dict[str, float]:
+    """Random choice (expected accuracy) and the majority answer of the demonstration split."""
+    majority = Counter(d.answer for d in demos).most_common(1)[0][0] if demos else None
+    random = float(np.mean([1 / len(o) for o in options]))
+    return {"random": random, "majority": float(np.mean([q.answer == majority for q in queries]))}
+
+
+def generation_baselines(queries: list[Item], demos: list[Item], seed: int) -> dict[str, float]:
+    """Exact match of answering every query with the demo split's most common answer, and with a random one."""
+    answers = [d.answer for d in demos] or [""]
+    majority = Counter(answers).most_common(1)[0][0]
+    rng = np.random.default_rng(seed)
+    return {"majority": float(np.mean([exact_match(majority, q.answer) for q in queries])),
+            "random": float(np.mean([exact_match(str(rng.choice(answers)), q.answer) for q in queries]))}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reports
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| task | k | metric | value | stderr | n | demos dropped | random | majority |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        for metric, stats in row["metrics"].items():
+            baseline = row["baselines"] if metric in ("acc", "exact_match") else {}
+            lines.append(f"| {row['task']} | {row['shots']} | {metric} | {stats['value']:.4f} | "
+                         f"{stats['stderr']:.4f} | {row['n']} | {row['demos_dropped']} | "
+                         f"{_fmt(baseline.get('random'))} | {_fmt(baseline.get('majority'))} |")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """One panel per task: each metric against k, with standard-error bars and the baselines dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(row["task"] for row in rows))
+    figure, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    for axis, task in zip(axes[0], tasks):
+        task_rows = [r for r in rows if r["task"] == task]
+        shots = [r["shots"] for r in task_rows]
+        for metric in task_rows[0]["metrics"]:
+            values = [r["metrics"][metric]["value"] for r in task_rows]
+            errors = [r["metrics"][metric]["stderr"] for r in task_rows]
+            axis.errorbar(shots, values, yerr=errors, marker="o", capsize=3, label=metric)
+        for name, value in task_rows[0]["baselines"].items():
+            axis.axhline(value, linestyle="--", linewidth=1, color="grey" if name == "random" else "black",
+                         label=f"{name} baseline")
+        axis.set_title(task)
+        axis.set_xlabel("demonstrations (k)")
+        axis.set_xticks(shots)
+        axis.set_ylim(0, 1)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_eval(model_dir: str, task_specs: list[str], shots: list[int], limit: int | None, seed: int,
+             out: Path | None, device: str = "auto", batch_size: int = 32) -> dict[str, Any]:
+    from seq2seq.checkpoint import load_pretrained
+    from seq2seq.device import resolve_device
+
+    tasks = [load_task(spec) for spec in task_specs]
+    model, tokenizer = load_pretrained(model_dir, resolve_device(device))
+    inference_path = Path(model_dir) / "inference.json"
+    inference = json.loads(inference_path.read_text()) if inference_path.is_file() else None
+    max_len = model.config.max_seq_len
+    rows = []
+    for task in tasks:
+        rows += evaluate_task(model, tokenizer, task, shots, limit, seed, inference, max_len, batch_size)
+    report = {
+        "model": str(model_dir),
+        "model_config": model.config.to_dict(),
+        "checkpoint_sha256": file_sha256(Path(model_dir) / "model.safetensors"),
+        "settings": {"tasks": [to_dict(t) for t in tasks], "shots": shots, "limit": limit, "seed": seed,
+                     "max_source_len": max_len, "fine_tuned": inference is not None},
+        "results": rows,
+    }
+    table = markdown_table(rows)
+    print(table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        out.with_suffix(".md").write_text(table + "\n")
+        plot(rows, out.with_suffix(".png"))
+        print(f"wrote {out}, {out.with_suffix('.md')} and {out.with_suffix('.png')}", file=sys.stderr)
+    return report
+
+
+def parse_shots(text: str) -> list[int]:
+    try:
+        shots = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shots takes numbers like 0,1,5; got {text!r}") from None
+    if not shots or any(s < 0 for s in shots):
+        raise argparse.ArgumentTypeError(f"--shots takes non-negative numbers like 0,1,5; got {text!r}")
+    return shots
+
+
+def run(args: argparse.Namespace) -> int:
+    run_eval(args.model, [t for t in args.tasks.split(",") if t], args.shots, args.limit, args.seed,
+             Path(args.out) if args.out else None, args.device, args.batch_size)
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="zero/one/few-shot evaluation on built-in or user tasks",
+        description="Score a checkpoint on tasks with 0, 1 and k demonstrations in the prompt (lm-evaluation-"
+                    "harness conventions); prints a markdown table, and with --out writes JSON, .md and a PNG plot.")
+    parser.add_argument("--model", required=True, help="checkpoint directory")
+    builtin = ", ".join(sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml")))
+    parser.add_argument("--tasks", required=True, help=f"comma-separated built-in names ({builtin}) or YAML files")
+    parser.add_argument("--shots", type=parse_shots, default=[0, 1, 5], help="comma-separated k values (0,1,5)")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many query items per task")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--out", help="results JSON path (the table .md and plot .png go beside it)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.set_defaults(run=run)
+
