@@ -1,14 +1,21 @@
 # `make test` sets itself up on a fresh machine: .venv, the CPU build of torch, the project with its dev extra.
+# `make demo` runs the whole job: data, tokenizer, pretraining, fine-tuning, the few-shot table, then chat.
+# Each step's output is a file target, so a second `make demo` reuses what is already built.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+SHARED_DATA ?= ../shared/data
+SEQ2SEQ := $(BIN)/seq2seq
 
-.PHONY: setup test lint bench clean
+PRETRAINED := runs/pretrain-shakespeare-cpu/final
+FINETUNED := runs/finetune/final
+
+.PHONY: setup test lint bench demo chat clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # A bare `torch` requirement with no torch present pulls several GB of CUDA wheels, so pin the CPU build first.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
@@ -23,6 +30,42 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/bench_generate.py
+
+# ---- the demo -------------------------------------------------------------------------------------------------
+
+data/raw/.fetched: | $(VENV)/.installed
+	if [ -d "$(SHARED_DATA)" ]; then $(SEQ2SEQ) data fetch --from "$(SHARED_DATA)"; else $(SEQ2SEQ) data fetch; fi
+	touch $@
+
+data/tokenizer/tokenizer.model: data/raw/.fetched
+	$(SEQ2SEQ) data tokenizer
+
+data/corpus/shakespeare/meta.json: data/tokenizer/tokenizer.model
+	$(SEQ2SEQ) data corpus --config configs/data/corpus-shakespeare.yaml
+
+data/mixture/default/summary.json: data/tokenizer/tokenizer.model
+	$(SEQ2SEQ) data build --config configs/data/mixture-default.yaml
+
+$(PRETRAINED)/model.safetensors: data/corpus/shakespeare/meta.json
+	$(SEQ2SEQ) pretrain --config configs/pretrain/shakespeare-cpu.yaml resume=latest
+
+$(FINETUNED)/model.safetensors: $(PRETRAINED)/model.safetensors data/mixture/default/summary.json
+	$(SEQ2SEQ) finetune --config configs/finetune/default.yaml --from $(PRETRAINED) resume=latest
+
+runs/finetune/fewshot.json: $(FINETUNED)/model.safetensors
+	$(SEQ2SEQ) eval --model $(FINETUNED) --tasks speaker,sarcasm,joke --shots 0,1,5 --limit 200 --out $@
+
+demo: runs/finetune/fewshot.json
+	cat runs/finetune/fewshot.md
+	if [ -t 0 ]; then $(SEQ2SEQ) chat --model $(FINETUNED); else echo "(no terminal: run 'make chat' to talk to the model)"; fi
+
+chat: $(FINETUNED)/model.safetensors
+	$(SEQ2SEQ) chat --model $(FINETUNED)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
