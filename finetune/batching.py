@@ -1,7 +1,8 @@
 """Fine-tuning batches: examples of similar length grouped under a token budget, so little is padding.
 
 Each epoch draws the examples of every task by its mixing weight (a weight below 1 subsamples the task, above 1
-repeats it), shuffles them, sorts them by length inside pools of a few hundred, and cuts the pools into batches
+repeats it), shuffles them, sorts them inside pools of a few thousand by source length (in buckets of 8 tokens)
+and then target length, since source and target are padded separately, and cuts the pools into batches
 of at most `max_examples` examples and `max_tokens` padded source + target tokens; the batch order is then
 shuffled. Everything is seeded by (seed, epoch), so the batch of a step is a pure function of the step.
 """
@@ -15,7 +16,8 @@ import numpy as np
 from seq2seq.padding import pad
 from seq2seq.trainer import Batch
 
-POOL_BATCHES = 50  # pools hold this many batches' worth of examples before being sorted by length
+POOL_BATCHES = 200  # pools hold this many batches' worth of examples before being sorted by length
+SOURCE_BUCKET = 8  # source lengths are sorted in buckets of this many tokens, target lengths exactly
 
 
 @dataclass
@@ -47,7 +49,8 @@ class LengthGroupedBatches:
             raise ValueError(f"data.task_weights names task {unknown[0]!r}, which the mixture does not have "
                              f"(tasks: {', '.join(self.by_task)})")
         self.weights = {task: task_weights.get(task, 1.0) for task in self.by_task}
-        self.lengths = np.array([len(e.src) + len(e.tgt) for e in examples])
+        self.src_lengths = np.array([len(e.src) for e in examples])
+        self.tgt_lengths = np.array([len(e.tgt) for e in examples])
         self._plans: dict[int, list[np.ndarray]] = {}
         if not self.plan(0):
             raise ValueError("the task weights leave no training examples")
@@ -71,7 +74,7 @@ class LengthGroupedBatches:
             pool_size = POOL_BATCHES * self.max_examples
             for start in range(0, len(order), pool_size):
                 pool = order[start:start + pool_size]
-                pool = pool[np.argsort(self.lengths[pool], kind="stable")]
+                pool = pool[np.lexsort((self.tgt_lengths[pool], self.src_lengths[pool] // SOURCE_BUCKET))]
                 batches += self.cut(pool)
             self._plans = {epoch: [batches[i] for i in rng.permutation(len(batches))]}  # keep one epoch cached
         return self._plans[epoch]

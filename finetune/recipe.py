@@ -34,13 +34,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from seq2seq.prompting import build_source
 
 from finetune.batching import Encoded, LengthGroupedBatches
 from seq2seq.checkpoint import load_pretrained
 from seq2seq.config import apply_overrides, from_dict, load_yaml, to_dict
 from seq2seq.metrics import binary_scores, exact_match, token_f1
 from seq2seq.model import Transformer
+from seq2seq.prompting import build_source
 from seq2seq.trainer import Batch, TrainConfig, Trainer, make_accelerator
 
 CLASSIFIERS = {"joke": "is_joke", "sarcasm": "is_sarcastic"}  # label -> classification task
@@ -210,7 +210,7 @@ def evaluate_test(model: Transformer, tokenizer, config: FinetuneConfig, train_e
             probabilities = classify(model, tokenizer, [e["prompt"] for e in examples],
                                      inference["classifiers"][label], batch_size=config.eval.batch_size)
             truth = [r == LABEL_WORDS["true"] for r in references]
-            predicted = [p[label] >= 0.5 for p in probabilities]
+            predicted = [p["true"] >= 0.5 for p in probabilities]
             row["model"] = binary_scores(predicted, truth)
             row["majority"] = binary_scores([majority_answer == LABEL_WORDS["true"]] * len(truth), truth)
             row["random"] = binary_scores([bool(b) for b in rng.integers(0, 2, len(truth))], truth)
