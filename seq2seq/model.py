@@ -532,9 +532,16 @@ class Transformer(nn.Module):
 
     def project(self, hidden: Tensor) -> Tensor:
         """3.4 The pre-softmax linear transformation: (..., D) -> logits (..., V)."""
-        if self.output_proj is not None:
-            return self.output_proj(hidden)
-        return F.linear(hidden, self.tgt_embed.weight)
+        weight = self.output_proj.weight if self.output_proj is not None else self.tgt_embed.weight
+        if torch.is_grad_enabled():
+            return F.linear(hidden, weight)
+        # Without gradients (decoding), multiply by a contiguous (D, V) copy: for a few rows MKL is ~3x faster on
+        # that layout than on the (V, D) one. The copy is redone when the weight changes or moves.
+        key = (weight.data_ptr(), weight._version)
+        if getattr(self, "_projection_key", None) != key:
+            self._projection_t = weight.detach().t().contiguous()
+            self._projection_key = key
+        return hidden @ self._projection_t
 
     def new_cache(self) -> DecoderCache:
         return DecoderCache(self.config.n_decoder_layers)

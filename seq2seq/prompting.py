@@ -1,0 +1,122 @@
+"""What the encoder reads: the source layout shared by fine-tuning, the REPL, classification and evaluation,
+and `inference.json`, a checkpoint's note of how it wants to be prompted.
+
+A source is
+
+    [task marker] [tone token] <shots> <prompt> </s>
+
+where each few-shot demonstration ("shot") is `prompt <sep> response "\\n\\n"`. The task marker and the tone
+token are optional. A source longer than `max_len` loses tokens from the left of its text part (the oldest
+shots first, then the start of the prompt); the markers at the front and </s> at the end always stay.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The pretraining prefix-to-continuation task (pretrain/objectives.py): a pretrained-only checkpoint continues
+# whatever text follows this marker.
+PRETRAINING_TASK = "prefix_lm"
+INFERENCE_FILE = "inference.json"
+
+
+@dataclass(frozen=True)
+class SourceIds:
+    ids: list[int]
+    truncated_tokens: int = 0  # how many text tokens were cut from the left to fit max_len
+
+
+def shot_ids(tokenizer, prompt: str, response: str) -> list[int]:
+    """One few-shot demonstration: `prompt <sep> response "\\n\\n"`."""
+    return tokenizer.encode(prompt) + [tokenizer.sep_id] + tokenizer.encode(response) + tokenizer.encode("\n\n")
+
+
+def build_source(
+    tokenizer,
+    prompt: str,
+    *,
+    task: str | None,
+    tone: str | None,
+    shots: Sequence[tuple[str, str]] = (),
+    max_len: int,
+) -> SourceIds:
+    """The encoder input for `prompt`. `task` is a task-marker name (`tokenizer.task_id`), `tone` one of
+    plain/joke/sarcastic (`tokenizer.tone_id`); None leaves that token out. Raises ValueError for an unknown
+    task or tone, or a `max_len` too small to hold the markers and </s>."""
+    head = []
+    if task is not None:
+        head.append(tokenizer.task_id(task))
+    if tone is not None:
+        head.append(tokenizer.tone_id(tone))
+    room = max_len - len(head) - 1
+    if room < 0:
+        raise ValueError(f"max_len {max_len} cannot hold the {len(head)} marker token(s) and </s>")
+    text = [i for demo_prompt, demo_response in shots for i in shot_ids(tokenizer, demo_prompt, demo_response)]
+    text += tokenizer.encode(prompt)
+    cut = max(0, len(text) - room)
+    return SourceIds(head + text[cut:] + [tokenizer.eos_id], cut)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# inference.json
+
+
+@dataclass(frozen=True)
+class InferenceSpec:
+    """How a checkpoint is prompted, from `inference.json` (written by fine-tuning):
+
+        {"task": "chat", "tones": true,
+         "classifiers": {"joke": {"task": "is_joke", "labels": {"true": "yes", "false": "no"}}, ...}}
+
+    A checkpoint without the file is pretrained only: free-form prompts use the pretraining task marker, and
+    it knows no tones and no classifiers."""
+
+    task: str = PRETRAINING_TASK
+    tones: bool = False
+    classifiers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fine_tuned: bool = False  # True when read from an inference.json
+
+    @classmethod
+    def load(cls, directory: str | Path) -> InferenceSpec:
+        path = Path(directory) / INFERENCE_FILE
+        if not path.is_file():
+            return cls()
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}: corrupt JSON ({error})") from None
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = INFERENCE_FILE) -> InferenceSpec:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{where}: expected a JSON object")
+        unknown = sorted(set(data) - {"task", "tones", "classifiers"})
+        if unknown:
+            raise ValueError(f"{where}: unknown key {unknown[0]!r} (known: classifiers, task, tones)")
+        task = data.get("task", PRETRAINING_TASK)
+        tones = data.get("tones", False)
+        classifiers = data.get("classifiers", {})
+        if not isinstance(task, str):
+            raise ValueError(f"{where}: 'task' must be a string, got {task!r}")
+        if not isinstance(tones, bool):
+            raise ValueError(f"{where}: 'tones' must be true or false, got {tones!r}")
+        if not isinstance(classifiers, Mapping):
+            raise ValueError(f"{where}: 'classifiers' must be an object")
+        for name, classifier in classifiers.items():
+            check_classifier(classifier, f"{where}: classifiers.{name}")
+        return cls(task=task, tones=tones, classifiers={k: dict(v) for k, v in classifiers.items()}, fine_tuned=True)
+
+
+def check_classifier(classifier: Any, where: str = "classifier") -> None:
+    """A classifier is {"task": "<task name>", "labels": {"<label>": "<label word>", ...}} with two labels or more."""
+    if not isinstance(classifier, Mapping) or not isinstance(classifier.get("task"), str):
+        raise ValueError(f"{where}: expected {{\"task\": NAME, \"labels\": {{LABEL: WORD, ...}}}}")
+    labels = classifier.get("labels")
+    if (not isinstance(labels, Mapping) or len(labels) < 2
+            or not all(isinstance(word, str) and word for word in labels.values())):
+        raise ValueError(f"{where}: 'labels' must map two or more labels to non-empty label words")

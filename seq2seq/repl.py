@@ -1,0 +1,430 @@
+"""`seq2seq chat --model DIR`: ask a checkpoint questions in a terminal; `seq2seq generate`: ask it once.
+
+chat is a REPL with line editing and history (readline, kept in ~/.seq2seq_history). Answers stream as they
+are generated; Ctrl-C stops the current answer and the REPL goes on; Ctrl-D or /quit leaves. The commands
+are listed in HELP. A line that is not a command is a question.
+
+With standard input that is not a terminal (a pipe, a file), chat answers each question line with one line on
+standard output, for scripts: a newline inside an answer is written as `\\n` and a backslash as `\\\\`, and a
+blank input line gets a blank output line. Command output and notices go to standard error.
+
+What the encoder reads is `seq2seq.prompting.build_source`: the checkpoint's task marker (from its
+inference.json; a pretrained-only checkpoint continues text under the pretraining task), the tone token when
+the checkpoint was trained with tones, the few-shot examples, then the question. A source longer than the
+model's max_seq_len loses tokens from the left, with a notice. With /tone auto each question is classified
+first (joke, sarcasm) and answered in the tone found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from seq2seq.checkpoint import load_pretrained
+from seq2seq.classify import classify_all, format_probabilities, probability_true
+from seq2seq.classify import register as register_classify
+from seq2seq.device import resolve_device
+from seq2seq.generation import GenerationConfig, generate, stream
+from seq2seq.model import Transformer
+from seq2seq.prompting import InferenceSpec, SourceIds, build_source
+
+# The defaults of chat and generate: sampling, which reads better than greedy decoding from a small model.
+CHAT_DEFAULTS = GenerationConfig(max_new_tokens=128, temperature=0.7, top_p=0.9, repetition_penalty=1.2)
+TONES = ("plain", "joke", "sarcastic", "auto")
+TONE_OF_CLASSIFIER = {"joke": "joke", "sarcasm": "sarcastic"}  # /tone auto: a "true" here answers in this tone
+HISTORY_FILE = Path("~/.seq2seq_history")
+PROMPT = ">>> "
+SHOT_SEPARATOR = " => "
+
+
+def parse_seed(value: str) -> int | None:
+    return None if value.lower() in ("none", "off", "random") else int(value)
+
+
+# /set KEY VALUE: KEY -> (GenerationConfig field, parser, what the parser accepts)
+SETTINGS: dict[str, tuple[str, Callable[[str], object], str]] = {
+    "temperature": ("temperature", float, "a number"),
+    "top_k": ("top_k", int, "an integer"),
+    "top_p": ("top_p", float, "a number"),
+    "max_tokens": ("max_new_tokens", int, "an integer"),
+    "num_beams": ("num_beams", int, "an integer"),
+    "repetition_penalty": ("repetition_penalty", float, "a number"),
+    "seed": ("seed", parse_seed, "an integer or none"),
+}
+
+HELP = f"""\
+commands:
+  /help                   this list
+  /set KEY VALUE          a decoding setting: {", ".join(list(SETTINGS)[:5])},
+                          {", ".join(list(SETTINGS)[5:])} (temperature 0 is greedy; top_k 0 and
+                          top_p 1 are off; seed none is random)
+  /show                   the settings, tone and few-shot examples
+  /tone TONE              plain, joke, sarcastic, or auto (each question is classified first)
+  /classify TEXT          joke and sarcasm probabilities of TEXT (fine-tuned checkpoints)
+  /shots add PROMPT{SHOT_SEPARATOR}RESPONSE
+                          a few-shot example, put before each question
+  /shots list|clear       show or forget the few-shot examples
+  /history                the questions and answers so far
+  /reset                  forget the questions, answers and few-shot examples (settings stay)
+  /save FILE              write the questions and answers as JSON lines
+  /quit                   leave (Ctrl-D too); Ctrl-C stops an answer"""
+
+
+class Quit(Exception):
+    """/quit was asked for."""
+
+
+@dataclass
+class Exchange:
+    prompt: str
+    answer: str
+    tone: str | None  # the tone token the answer was generated under, None for none
+    interrupted: bool = False
+
+
+class ChatSession:
+    """A model, its tokenizer and the REPL's state: settings, tone, few-shot examples and the exchanges so far.
+    Commands return the text to show and raise ValueError with a one-line message for a bad one."""
+
+    def __init__(self, model: Transformer, tokenizer, spec: InferenceSpec, config: GenerationConfig):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.config = config
+        self.tone = "plain"
+        self.shots: list[tuple[str, str]] = []
+        self.exchanges: list[Exchange] = []
+
+    # -- commands ------------------------------------------------------------------------------------------
+
+    def command(self, line: str) -> str:
+        name, _, rest = line.strip().partition(" ")
+        rest = rest.strip()
+        if name in ("/quit", "/exit"):
+            raise Quit
+        handlers: dict[str, Callable[[str], str]] = {
+            "/help": lambda _: HELP, "/set": self.set_option, "/show": lambda _: self.show(), "/tone": self.set_tone,
+            "/classify": self.classify, "/shots": self.shots_command, "/history": lambda _: self.history(),
+            "/reset": lambda _: self.reset(), "/save": self.save,
+        }
+        if name not in handlers:
+            raise ValueError(f"unknown command {name} (try /help)")
+        return handlers[name](rest)
+
+    def set_option(self, argument: str) -> str:
+        key, _, value = argument.partition(" ")
+        value = value.strip()
+        if key not in SETTINGS or not value:
+            raise ValueError(f"usage: /set KEY VALUE with KEY one of {', '.join(SETTINGS)}")
+        field, parse, expected = SETTINGS[key]
+        try:
+            parsed = parse(value)
+        except ValueError:
+            raise ValueError(f"/set {key}: expected {expected}, got {value!r}") from None
+        self.config = dataclasses.replace(self.config, **{field: parsed})  # validated by GenerationConfig
+        return f"{key} = {parsed}"
+
+    def show(self) -> str:
+        settings = "  ".join(f"{key} {getattr(self.config, field)}" for key, (field, _, _) in SETTINGS.items())
+        task = self.spec.task if self.spec.fine_tuned else f"{self.spec.task} (pretrained only: continues text)"
+        return f"{settings}\ntone {self.tone}  task {task}  few-shot examples {len(self.shots)}"
+
+    def set_tone(self, tone: str) -> str:
+        if not tone:
+            return f"tone {self.tone}"
+        if tone not in TONES:
+            raise ValueError(f"unknown tone {tone!r} (choose {', '.join(TONES)})")
+        if tone == "auto" and not self.auto_classifiers():
+            self.tone = "plain"
+            raise ValueError("this checkpoint has no joke/sarcasm classifier (no classification fine-tuning): "
+                             "/tone auto falls back to plain")
+        if tone in ("joke", "sarcastic", "auto") and not self.spec.tones:
+            self.tone = "plain"
+            raise ValueError(f"this checkpoint has no tone training: tone {tone} is not available, answers stay "
+                             "plain")
+        self.tone = tone
+        return f"tone {tone}"
+
+    def classify(self, text: str) -> str:
+        if not text:
+            raise ValueError("usage: /classify TEXT")
+        return format_probabilities(classify_all(self.model, self.tokenizer, [text], self.spec)[0])
+
+    def shots_command(self, argument: str) -> str:
+        action, _, rest = argument.partition(" ")
+        if action in ("", "list"):
+            if not self.shots:
+                return "no few-shot examples"
+            return "\n".join(f"{i}. {p}{SHOT_SEPARATOR}{r}" for i, (p, r) in enumerate(self.shots, 1))
+        if action == "clear":
+            self.shots.clear()
+            return "few-shot examples cleared"
+        if action == "add" and SHOT_SEPARATOR.strip() in rest:
+            prompt, _, response = rest.partition(SHOT_SEPARATOR.strip())
+            self.shots.append((prompt.strip(), response.strip()))
+            return f"few-shot example {len(self.shots)} added"
+        raise ValueError(f"usage: /shots add PROMPT{SHOT_SEPARATOR}RESPONSE | /shots list | /shots clear")
+
+    def history(self) -> str:
+        if not self.exchanges:
+            return "no questions yet"
+        lines = []
+        for i, exchange in enumerate(self.exchanges, 1):
+            lines.append(f"[{i}] {exchange.prompt}")
+            lines.append(f"    {exchange.answer}{' [stopped]' if exchange.interrupted else ''}")
+        return "\n".join(lines)
+
+    def reset(self) -> str:
+        self.exchanges.clear()
+        self.shots.clear()
+        return "questions, answers and few-shot examples forgotten"
+
+    def save(self, filename: str) -> str:
+        if not filename:
+            raise ValueError("usage: /save FILE")
+        path = Path(filename).expanduser()
+        try:
+            with path.open("w", encoding="utf-8") as f:
+                for exchange in self.exchanges:
+                    f.write(json.dumps(dataclasses.asdict(exchange), ensure_ascii=False) + "\n")
+        except OSError as error:
+            raise ValueError(f"/save: cannot write {path}: {error.strerror}") from None
+        return f"saved {len(self.exchanges)} exchange(s) to {path}"
+
+    # -- answering -----------------------------------------------------------------------------------------
+
+    def auto_classifiers(self) -> dict[str, dict]:
+        return {name: c for name, c in self.spec.classifiers.items() if name in TONE_OF_CLASSIFIER}
+
+    def answer_tone(self, prompt: str) -> tuple[str | None, str | None]:
+        """The tone token to answer `prompt` under (None: the checkpoint has no tones) and, for /tone auto,
+        a line saying what the classifiers found."""
+        if not self.spec.tones:
+            return None, None
+        if self.tone != "auto":
+            return self.tone, None
+        spec = dataclasses.replace(self.spec, classifiers=self.auto_classifiers())
+        probabilities = classify_all(self.model, self.tokenizer, [prompt], spec)[0]
+        true = {name: probability_true(labels) for name, labels in probabilities.items()}
+        best = max(true, key=true.get)
+        tone = TONE_OF_CLASSIFIER[best] if true[best] > 0.5 else "plain"
+        return tone, f"[tone: {tone} ({format_probabilities(probabilities)})]"
+
+    def source(self, prompt: str, tone: str | None) -> SourceIds:
+        return build_source(self.tokenizer, prompt, task=self.spec.task, tone=tone, shots=self.shots,
+                            max_len=self.model.config.max_seq_len)
+
+    def stream(self, source: SourceIds) -> Iterator[str]:
+        return stream(self.model, self.tokenizer, source.ids, self.config)
+
+    def truncation_notice(self, source: SourceIds) -> str | None:
+        if not source.truncated_tokens:
+            return None
+        return (f"[input cut: the first {source.truncated_tokens} tokens were dropped to fit the model's "
+                f"{self.model.config.max_seq_len}-token source]")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The terminal loop and the line-per-question loop
+
+
+def prepare(session: ChatSession, prompt: str) -> tuple[str | None, SourceIds]:
+    """The tone and encoder input for `prompt`; what /tone auto found and any truncation go to stderr."""
+    tone, tone_notice = session.answer_tone(prompt)
+    source = session.source(prompt, tone)
+    for notice in (tone_notice, session.truncation_notice(source)):
+        if notice:
+            print(notice, file=sys.stderr, flush=True)
+    return tone, source
+
+
+def ask(session: ChatSession, prompt: str, out: TextIO, interactive: bool) -> Exchange:
+    """Answer one question: the answer streamed to `out` (interactive) or written as one line at the end.
+    Ctrl-C stops an interactive answer; the part written so far is kept."""
+    tone, source = prepare(session, prompt)
+    pieces: list[str] = []
+    interrupted = False
+    try:
+        for piece in session.stream(source):
+            pieces.append(piece)
+            if interactive:
+                out.write(piece)
+                out.flush()
+    except KeyboardInterrupt:
+        if not interactive:
+            raise
+        interrupted = True
+    exchange = Exchange(prompt, "".join(pieces), tone, interrupted)
+    session.exchanges.append(exchange)
+    if interactive:
+        out.write(" [stopped]\n" if interrupted else "\n")
+    else:
+        out.write(one_line(exchange.answer) + "\n")
+    out.flush()
+    return exchange
+
+
+def one_line(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def run_command(session: ChatSession, line: str, out: TextIO) -> None:
+    """Run a /command, writing its output or its one-line error to `out`. Raises Quit for /quit."""
+    try:
+        print(session.command(line), file=out, flush=True)
+    except ValueError as error:
+        print(f"error: {error}", file=out, flush=True)
+
+
+def interactive_loop(session: ChatSession, banner: str) -> int:
+    readline = setup_readline()
+    print(banner, flush=True)
+    try:
+        while True:
+            try:
+                line = input(PROMPT)
+            except EOFError:  # Ctrl-D
+                print()
+                return 0
+            except KeyboardInterrupt:  # Ctrl-C at the prompt drops the line, as in a shell
+                print()
+                continue
+            if not line.strip():
+                continue
+            try:
+                if line.lstrip().startswith("/"):
+                    run_command(session, line, sys.stdout)
+                else:
+                    ask(session, line, sys.stdout, interactive=True)
+            except Quit:
+                return 0
+            except KeyboardInterrupt:  # Ctrl-C during a command, or before an answer began
+                print(" [stopped]", flush=True)
+    finally:
+        if readline is not None:
+            try:
+                readline.write_history_file(HISTORY_FILE.expanduser())
+            except OSError:
+                pass
+
+
+def setup_readline():
+    """readline's line editing and the history file, or None where readline is missing."""
+    try:
+        import readline
+    except ImportError:
+        return None
+    readline.set_history_length(1000)
+    try:
+        readline.read_history_file(HISTORY_FILE.expanduser())
+    except OSError:  # first run, or an unreadable file: start with no history
+        pass
+    return readline
+
+
+def line_loop(session: ChatSession, lines: TextIO) -> int:
+    for line in lines:
+        line = line.rstrip("\r\n")
+        if line.lstrip().startswith("/"):
+            try:
+                run_command(session, line, sys.stderr)
+            except Quit:
+                return 0
+        elif not line.strip():
+            print(flush=True)
+        else:
+            ask(session, line, sys.stdout, interactive=False)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# seq2seq chat / seq2seq generate
+
+
+def load_session(args: argparse.Namespace) -> ChatSession:
+    config = generation_config(args)
+    model, tokenizer = load_pretrained(args.model, resolve_device(args.device))
+    session = ChatSession(model, tokenizer, InferenceSpec.load(args.model), config)
+    try:
+        session.set_tone(args.tone)
+    except ValueError as error:  # e.g. --tone joke with a pretrained-only checkpoint: answer plain
+        print(f"warning: {error}", file=sys.stderr)
+    return session
+
+
+def generation_config(args: argparse.Namespace) -> GenerationConfig:
+    given = {"max_new_tokens": args.max_tokens, "temperature": args.temperature, "top_k": args.top_k,
+             "top_p": args.top_p, "num_beams": args.num_beams, "repetition_penalty": args.repetition_penalty,
+             "length_penalty": args.length_penalty, "seed": args.seed, "stop_strings": args.stop}
+    return dataclasses.replace(CHAT_DEFAULTS, **{key: value for key, value in given.items() if value is not None})
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    session = load_session(args)
+    if not sys.stdin.isatty():
+        return line_loop(session, sys.stdin)
+    kind = "fine-tuned" if session.spec.fine_tuned else "pretrained only: it continues the text you give it"
+    banner = f"seq2seq chat: {args.model} ({kind}). /help for commands, Ctrl-D or /quit to leave."
+    return interactive_loop(session, banner)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    session = load_session(args)
+    if not args.json:
+        ask(session, args.prompt, sys.stdout, interactive=True)
+        return 0
+    tone, source = prepare(session, args.prompt)
+    result = generate(session.model, session.tokenizer, [source.ids], session.config)[0]
+    print(json.dumps({"prompt": args.prompt, "text": result.text, "finish_reason": result.finish_reason,
+                      "tone": tone, "new_tokens": len(result.token_ids)}, ensure_ascii=False))
+    return 0
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = CHAT_DEFAULTS
+    parser.add_argument("--model", required=True, help="checkpoint directory (config.json, model.safetensors, "
+                                                       "tokenizer.model; inference.json once fine-tuned)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--tone", default="plain", choices=TONES, help="answer tone (fine-tuned checkpoints)")
+    group = parser.add_argument_group("decoding")
+    group.add_argument("--max-tokens", type=int, help=f"new tokens at most (default {defaults.max_new_tokens})")
+    group.add_argument("--temperature", type=float,
+                       help=f"0 for greedy decoding (default {defaults.temperature})")
+    group.add_argument("--top-k", type=int, help=f"sample among the k likeliest tokens, 0: off "
+                                                 f"(default {defaults.top_k})")
+    group.add_argument("--top-p", type=float, help=f"nucleus sampling mass, 1: off (default {defaults.top_p})")
+    group.add_argument("--repetition-penalty", type=float,
+                       help=f"1: off (default {defaults.repetition_penalty})")
+    group.add_argument("--num-beams", type=int, help="beam search with this many beams; needs --temperature 0 "
+                                                     f"(default {defaults.num_beams})")
+    group.add_argument("--length-penalty", type=float,
+                       help=f"beam score = log-prob / length**this (default {defaults.length_penalty})")
+    group.add_argument("--seed", type=int, help="sampling seed (default: a new one each answer)")
+    group.add_argument("--stop", action="append", metavar="TEXT", help="end the answer before TEXT (repeatable)")
+
+
+def register(subparsers) -> None:
+    chat = subparsers.add_parser(
+        "chat", help="ask a checkpoint questions in a terminal (a REPL)",
+        description="Ask a checkpoint questions: answers stream as they are generated. Ctrl-C stops an\n"
+                    "answer, Ctrl-D or /quit leaves, /help lists the commands.\n\n"
+                    "With standard input that is not a terminal, each question line gets one answer line on\n"
+                    "standard output (a newline inside an answer is written as \\n, a backslash as \\\\);\n"
+                    "command output and notices go to standard error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=HELP)
+    add_model_arguments(chat)
+    chat.set_defaults(run=run_chat)
+    one = subparsers.add_parser("generate", help="answer one prompt",
+                                description="Answer one prompt, streamed to standard output.")
+    add_model_arguments(one)
+    one.add_argument("--prompt", required=True, help="the question, or the text to continue")
+    one.add_argument("--json", action="store_true",
+                     help="print one JSON object: prompt, text, finish_reason, tone, new_tokens")
+    one.set_defaults(run=run_generate)
+    register_classify(subparsers)  # `seq2seq classify` lives in seq2seq/classify.py
