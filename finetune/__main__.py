@@ -1,5 +1,7 @@
+"""`python -m finetune` is `seq2seq finetune`."""
+
 import sys
 
-from finetune.recipe import main
+from seq2seq.cli import main
 
-sys.exit(main())
+sys.exit(main(["finetune", *sys.argv[1:]]))

@@ -176,9 +176,14 @@ class FinetuningTask:
 
 
 def inference_config(tokenizer) -> dict[str, Any]:
-    """What chat, classify and eval need to prompt a fine-tuned model (written as final/inference.json)."""
-    classifiers = {label: {"task": task, "labels": dict(LABEL_WORDS)} for label, task in CLASSIFIERS.items()
-                   if task in tokenizer.tasks}
+    """What chat, classify and eval need to prompt a fine-tuned model (written as final/inference.json):
+    classifiers phrase the text as the mixture's first question template did in training."""
+    from data_pipelines.builders.jokes import IS_JOKE_QUESTIONS
+    from data_pipelines.builders.sarcasm import IS_SARCASTIC_QUESTIONS
+
+    templates = {"joke": IS_JOKE_QUESTIONS[0], "sarcasm": IS_SARCASTIC_QUESTIONS[0]}
+    classifiers = {label: {"task": task, "tone": "plain", "template": templates[label], "labels": dict(LABEL_WORDS)}
+                   for label, task in CLASSIFIERS.items() if task in tokenizer.tasks}
     return {"task": CHAT_TASK, "tones": True, "classifiers": classifiers}
 
 
@@ -207,8 +212,10 @@ def evaluate_test(model: Transformer, tokenizer, config: FinetuneConfig, train_e
         row: dict[str, Any] = {"source": source, "task": task, "n": len(examples)}
         label = next((lab for lab, t in CLASSIFIERS.items() if t == task), None)
         if label is not None and label in inference["classifiers"]:
-            probabilities = classify(model, tokenizer, [e["prompt"] for e in examples],
-                                     inference["classifiers"][label], batch_size=config.eval.batch_size)
+            # Test prompts are already phrased as questions: score them as they are.
+            classifier = {**inference["classifiers"][label], "template": "{text}"}
+            probabilities = classify(model, tokenizer, [e["prompt"] for e in examples], classifier,
+                                     batch_size=config.eval.batch_size)
             truth = [r == LABEL_WORDS["true"] for r in references]
             predicted = [p["true"] >= 0.5 for p in probabilities]
             row["model"] = binary_scores(predicted, truth)
@@ -312,10 +319,7 @@ def run(args: argparse.Namespace) -> int:
     if args.pretrained:
         overrides.append(f"pretrained={args.pretrained}")
     result = run_finetuning(load_config(args.config, overrides))
-    if result.interrupted:
-        return 130
-    print(f"model exported to {result.final_dir}")
-    return 0
+    return result.exit_code()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -334,13 +338,3 @@ def register(subparsers) -> None:
     add_arguments(parser)
     parser.set_defaults(run=run)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m finetune", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"finetune: error: {error}", file=sys.stderr)
-        return 2

@@ -1,5 +1,7 @@
+"""`python -m pretrain` is `seq2seq pretrain`."""
+
 import sys
 
-from pretrain.recipe import main
+from seq2seq.cli import main
 
-sys.exit(main())
+sys.exit(main(["pretrain", *sys.argv[1:]]))

@@ -147,10 +147,7 @@ def run_pretraining(config: PretrainConfig) -> Any:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     result = run_pretraining(config)
-    if result.interrupted:
-        return 130
-    print(f"model exported to {result.final_dir}")
-    return 0
+    return result.exit_code()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -167,13 +164,3 @@ def register(subparsers) -> None:
     add_arguments(parser)
     parser.set_defaults(run=run)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"pretrain: error: {error}", file=sys.stderr)
-        return 2

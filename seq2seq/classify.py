@@ -3,9 +3,12 @@ scores each label word, and the label probabilities are a softmax over those sco
 
 A classifier (from a fine-tuned checkpoint's `inference.json`, see `seq2seq.prompting.InferenceSpec`) is
 
-    {"task": "is_joke", "labels": {"true": "yes", "false": "no"}}
+    {"task": "is_joke", "tone": "plain", "template": "Is this a joke? {text}",
+     "labels": {"true": "yes", "false": "no"}}
 
-and a label word's score is the summed log-probability of `<s> label-word </s>`, teacher-forced. Every
+(tone and template optional: the text is put into the template it was phrased with in training, behind the
+task marker and tone token), and a label word's score is the summed log-probability of `<s> label-word </s>`,
+teacher-forced. Every
 (text, label word) pair is scored in one decoder pass per batch.
 
 `seq2seq classify --model DIR [--json] TEXT...` prints them (`-` reads texts from standard input, one per line).
@@ -53,7 +56,9 @@ def classify(
     with eval_mode(model):
         for start in range(0, len(texts), batch_size):
             batch = texts[start:start + batch_size]
-            sources = [build_source(tokenizer, text, task=classifier["task"], tone=None,
+            template = classifier.get("template", "{text}")
+            sources = [build_source(tokenizer, template.replace("{text}", text), task=classifier["task"],
+                                    tone=classifier.get("tone"),
                                     max_len=model.config.max_seq_len).ids for text in batch]
             src_ids, src_padding_mask = right_pad(sources, tokenizer.pad_id, device)
             encoder_out = model.encode(src_ids, src_padding_mask)

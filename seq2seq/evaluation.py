@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from seq2seq.config import from_dict, load_yaml, to_dict
 from seq2seq.metrics import exact_match, mean_and_stderr, token_f1
 from seq2seq.padding import pad
+from seq2seq.prompting import SHOT_SEPARATOR, TARGET_DELIMITER, render_with_shots
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "configs" / "eval"
 
@@ -56,8 +57,8 @@ class TaskConfig:
     instruction: str = ""
     template: str = "{prompt}"  # the question, formatted from a row's fields
     answer: str = "{response}"  # the answer, formatted from a row's fields
-    demo_separator: str = "\n\n"
-    target_delimiter: str = " "
+    demo_separator: str = SHOT_SEPARATOR  # "\n\n"
+    target_delimiter: str = TARGET_DELIMITER  # " "
     choices: list[str] | None = None  # loglikelihood: fixed choices (e.g. [yes, no])...
     num_choices: int | None = None  # ...or the answer plus this many minus one other answers of the demo split
     task_marker: str | None = None  # fine-tuning task whose marker starts the encoder input (when the model has it)
@@ -175,10 +176,10 @@ def choices_for(task: TaskConfig, item: Item, answers: list[str], rng: np.random
 
 
 def render_context(task: TaskConfig, demos: list[Item], query: Item) -> str:
-    parts = [task.instruction] if task.instruction else []
-    parts += [f"{d.question}{task.target_delimiter}{d.answer}" for d in demos]
-    parts.append(query.question + task.target_delimiter.rstrip(" "))
-    return task.demo_separator.join(parts)
+    """The few-shot text; with the default separator and delimiter it is exactly what fine-tuning "with
+    exemplars" and the REPL's /shots put before a prompt."""
+    return render_with_shots(query.question, [(d.question, d.answer) for d in demos], task.instruction,
+                             task.target_delimiter, task.demo_separator)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from seq2seq.checkpoint import unwrap
 from seq2seq.model import Transformer
+from seq2seq.padding import pad
 
 FinishReason = Literal["eos", "stop_string", "length"]
 REPLACEMENT_CHARACTER = "\ufffd"  # what SentencePiece shows for the bytes of a character not yet complete
@@ -210,18 +211,12 @@ class Row:
 
 
 def right_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
-    """Id lists as one right-padded (b, n) tensor, and its padding mask (True at pad; None when no row is
-    padded, which lets attention skip the mask)."""
+    """Id lists as one right-padded (b, n) tensor on `device`, and its padding mask (True at pad; None when no
+    row is padded, which lets attention skip the mask)."""
     if any(len(ids) == 0 for ids in rows):
         raise ValueError("every source needs at least one token")
-    length = max(len(ids) for ids in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.as_tensor(list(row), dtype=torch.long)
-    if all(len(row) == length for row in rows):
-        return ids.to(device), None
-    mask = torch.arange(length)[None, :] >= torch.tensor([len(row) for row in rows])[:, None]
-    return ids.to(device), mask.to(device)
+    ids, mask = pad([list(row) for row in rows], pad_id)
+    return ids.to(device), None if mask is None else mask.to(device)
 
 
 class DecoderState:

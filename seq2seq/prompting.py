@@ -5,8 +5,11 @@ A source is
 
     [task marker] [tone token] <shots> <prompt> </s>
 
-where each few-shot demonstration ("shot") is `prompt <sep> response "\\n\\n"`. The task marker and the tone
-token are optional. A source longer than `max_len` loses tokens from the left of its text part (the oldest
+where the shots and the prompt are one text, rendered as lm-evaluation-harness renders a few-shot context
+(`render_with_shots`): each demonstration is `prompt + " " + response`, and demonstrations and the prompt are
+joined by a blank line. Fine-tuning "with exemplars", the REPL's /shots and `seq2seq eval` all use it, so a
+model trained with demonstrations sees them at inference exactly as it learned them. The task marker and the
+tone token are optional. A source longer than `max_len` loses tokens from the left of its text part (the oldest
 shots first, then the start of the prompt); the markers at the front and </s> at the end always stay.
 """
 
@@ -30,9 +33,16 @@ class SourceIds:
     truncated_tokens: int = 0  # how many text tokens were cut from the left to fit max_len
 
 
-def shot_ids(tokenizer, prompt: str, response: str) -> list[int]:
-    """One few-shot demonstration: `prompt <sep> response "\\n\\n"`."""
-    return tokenizer.encode(prompt) + [tokenizer.sep_id] + tokenizer.encode(response) + tokenizer.encode("\n\n")
+TARGET_DELIMITER = " "  # between a demonstration's prompt and its response
+SHOT_SEPARATOR = "\n\n"  # between demonstrations, and before the prompt
+
+
+def render_with_shots(prompt: str, shots: Sequence[tuple[str, str]] = (), instruction: str = "",
+                      target_delimiter: str = TARGET_DELIMITER, separator: str = SHOT_SEPARATOR) -> str:
+    """`instruction`, each `shot_prompt + target_delimiter + shot_response`, then `prompt`, joined by `separator`."""
+    parts = [instruction] if instruction else []
+    parts += [f"{shot_prompt}{target_delimiter}{shot_response}" for shot_prompt, shot_response in shots]
+    return separator.join([*parts, prompt])
 
 
 def build_source(
@@ -55,8 +65,7 @@ def build_source(
     room = max_len - len(head) - 1
     if room < 0:
         raise ValueError(f"max_len {max_len} cannot hold the {len(head)} marker token(s) and </s>")
-    text = [i for demo_prompt, demo_response in shots for i in shot_ids(tokenizer, demo_prompt, demo_response)]
-    text += tokenizer.encode(prompt)
+    text = tokenizer.encode(render_with_shots(prompt, shots))
     cut = max(0, len(text) - room)
     return SourceIds(head + text[cut:] + [tokenizer.eos_id], cut)
 
@@ -113,10 +122,17 @@ class InferenceSpec:
 
 
 def check_classifier(classifier: Any, where: str = "classifier") -> None:
-    """A classifier is {"task": "<task name>", "labels": {"<label>": "<label word>", ...}} with two labels or more."""
+    """A classifier is {"task": "<task name>", "labels": {"<label>": "<label word>", ...}} with two labels or more,
+    and optionally "tone" (the tone token it was trained under) and "template" (how the text was phrased in
+    training, with a {text} field, e.g. "Is this a joke? {text}")."""
     if not isinstance(classifier, Mapping) or not isinstance(classifier.get("task"), str):
         raise ValueError(f"{where}: expected {{\"task\": NAME, \"labels\": {{LABEL: WORD, ...}}}}")
     labels = classifier.get("labels")
     if (not isinstance(labels, Mapping) or len(labels) < 2
             or not all(isinstance(word, str) and word for word in labels.values())):
         raise ValueError(f"{where}: 'labels' must map two or more labels to non-empty label words")
+    template = classifier.get("template", "{text}")
+    if not isinstance(template, str) or "{text}" not in template:
+        raise ValueError(f"{where}: 'template' must be a string with a {{text}} field, got {template!r}")
+    if classifier.get("tone") is not None and not isinstance(classifier["tone"], str):
+        raise ValueError(f"{where}: 'tone' must be a tone name, got {classifier['tone']!r}")

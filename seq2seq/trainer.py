@@ -68,6 +68,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     log_every: int = 10
     eval_every: int = 200
+    eval_at_minutes: list[float] = field(default_factory=list)  # also a full evaluation at these training times
     save_every: int = 500
     keep_checkpoints: int = 2
     max_bad_steps: int = 5
@@ -129,6 +130,13 @@ class TrainResult:
     metrics: dict[str, float]
     interrupted: bool = False
     stopped_early: bool = False
+
+    def exit_code(self) -> int:
+        """What a command returns: 130 (as for SIGINT) when Ctrl-C stopped the run after its checkpoint."""
+        if self.interrupted:
+            return 130
+        print(f"model exported to {self.final_dir}")
+        return 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -245,6 +253,7 @@ class Trainer:
         self.evals_since_best = 0
         self.bad_steps = 0
         self.tokens_seen = 0
+        self.train_seconds = 0.0  # wall-clock time spent in training steps (not evaluating or saving)
         self.metrics_path = self.output_dir / "metrics.jsonl"
 
     @property
@@ -295,7 +304,8 @@ class Trainer:
                 torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
                 for path in rng_dir.iterdir():
                     shutil.copy(path, tmp / path.name)
-                state = {"step": self.step, "tokens_seen": self.tokens_seen, "best_val_loss": self.best_val_loss,
+                state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
+                         "best_val_loss": self.best_val_loss,
                          "evals_since_best": self.evals_since_best, "bad_steps": self.bad_steps,
                          "data_position": {"step": self.step}, "config": self.run_config}
                 (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
@@ -324,6 +334,7 @@ class Trainer:
                           stacklevel=2)
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
+        self.train_seconds = state.get("train_seconds", 0.0)
         self.best_val_loss = state["best_val_loss"]
         self.evals_since_best = state["evals_since_best"]
         self.bad_steps = state["bad_steps"]
@@ -380,15 +391,15 @@ class Trainer:
 
     # -- evaluation ------------------------------------------------------------------------------------------
 
-    def evaluate(self, full: bool) -> dict[str, float]:
+    def evaluate(self, full: bool, extra: dict[str, float] | None = None) -> dict[str, float]:
         self.model.eval()
         with torch.no_grad(), self.accelerator.autocast():
             metrics = self.task.evaluate(self.bare_model, self.accelerator, full)
-        if self.is_main:
+        if self.is_main and extra is None:
             sample = self.task.sample(self.bare_model)
             if sample is not None:
                 self.log_text("sample", sample, self.step)
-        self.log(metrics, self.step)
+        self.log({**metrics, **(extra or {}), "train_minutes": self.train_seconds / 60}, self.step)
         return metrics
 
     def improved(self, metrics: dict[str, float]) -> bool:
@@ -425,17 +436,22 @@ class Trainer:
         interrupted = stopped_early = False
         progress = tqdm(total=config.max_steps, initial=self.step, disable=not self.is_main, desc="train",
                         dynamic_ncols=True)
-        window_tokens, window_start = 0, time.perf_counter()
+        window_tokens, window_seconds = 0, 0.0
+        timed_evals = sorted(m for m in config.eval_at_minutes if m * 60 > self.train_seconds)
         try:
             while self.step < config.max_steps:
+                start = time.perf_counter()
                 result = self.train_step()
+                step_seconds = time.perf_counter() - start
+                self.train_seconds += step_seconds
                 progress.update(1)
                 if result is not None:
                     window_tokens += result["tokens"]
+                    window_seconds += step_seconds
                     if self.step % config.log_every == 0 or self.step == config.max_steps:
-                        elapsed = time.perf_counter() - window_start
-                        result["tokens_per_s"] = window_tokens / max(elapsed, 1e-9)
-                        window_tokens, window_start = 0, time.perf_counter()
+                        result["tokens_per_s"] = window_tokens / max(window_seconds, 1e-9)
+                        result["train_minutes"] = self.train_seconds / 60
+                        window_tokens, window_seconds = 0, 0.0
                         del result["tokens"]
                         self.log(result, self.step)
                         progress.set_postfix(loss=f"{result['loss']:.3f}", lr=f"{result['lr']:.2e}",
@@ -444,7 +460,11 @@ class Trainer:
                     metrics = self.evaluate(full=False)
                     progress.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
                     stopped_early = self.improved(metrics)
-                    window_start = time.perf_counter()  # eval time is not training time
+                while timed_evals and self.train_seconds >= timed_evals[0] * 60:
+                    minutes = timed_evals.pop(0)
+                    timed = self.evaluate(full=True, extra={"at_minutes": minutes})
+                    progress.write(f"after {minutes} min of training (step {self.step}): "
+                                   + ", ".join(f"{k} {v:.4f}" for k, v in timed.items()))
                 if self.step % config.save_every == 0 or stopped_early:
                     self.save_checkpoint()
                 if stopped_early:

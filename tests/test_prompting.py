@@ -7,7 +7,7 @@ import json
 import pytest
 from test_generation import train_tokenizer
 
-from seq2seq.prompting import PRETRAINING_TASK, InferenceSpec, build_source, shot_ids
+from seq2seq.prompting import PRETRAINING_TASK, InferenceSpec, build_source, render_with_shots
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +24,13 @@ def test_layout_markers_prompt_and_eos(tokenizer):
     assert bare.ids == [*tokenizer.encode("Why did the chicken"), tokenizer.eos_id]
 
 
-def test_shots_come_before_the_prompt(tokenizer):
+def test_shots_come_before_the_prompt_as_lm_eval_renders_them(tokenizer):
     shots = [("Why did the chicken cross the road?", "To get to the other side!"), ("Monday?", "Oh great.")]
+    text = render_with_shots("Why did", shots)
+    assert text == "Why did the chicken cross the road? To get to the other side!\n\nMonday? Oh great.\n\nWhy did"
+    assert render_with_shots("Q", [], instruction="Answer.") == "Answer.\n\nQ"
     source = build_source(tokenizer, "Why did", task="chat", tone=None, shots=shots, max_len=128)
-    demo = tokenizer.encode(shots[0][0]) + [tokenizer.sep_id] + tokenizer.encode(shots[0][1]) + tokenizer.encode("\n\n")
-    assert shot_ids(tokenizer, *shots[0]) == demo
-    assert source.ids == [tokenizer.task_id("chat"), *demo, *shot_ids(tokenizer, *shots[1]),
-                          *tokenizer.encode("Why did"), tokenizer.eos_id]
+    assert source.ids == [tokenizer.task_id("chat"), *tokenizer.encode(text), tokenizer.eos_id]
 
 
 def test_a_long_source_is_cut_from_the_left_keeping_the_markers_and_eos(tokenizer):
@@ -44,10 +44,10 @@ def test_a_long_source_is_cut_from_the_left_keeping_the_markers_and_eos(tokenize
     assert source.truncated_tokens == len(text) - 17
     # The oldest shot goes first.
     shots = [("first shot", "a"), ("second shot", "b")]
-    kept = build_source(tokenizer, "Why did", task=None, tone=None, shots=shots,
-                        max_len=len(shot_ids(tokenizer, *shots[1])) + len(tokenizer.encode("Why did")) + 1)
-    assert kept.ids == [*shot_ids(tokenizer, *shots[1]), *tokenizer.encode("Why did"), tokenizer.eos_id]
-    assert kept.truncated_tokens == len(shot_ids(tokenizer, *shots[0]))
+    full = tokenizer.encode(render_with_shots("Why did", shots))
+    kept = build_source(tokenizer, "Why did", task=None, tone=None, shots=shots, max_len=len(full) - 3 + 1)
+    assert kept.ids == [*full[3:], tokenizer.eos_id]
+    assert kept.truncated_tokens == 3
 
 
 def test_bad_task_tone_or_length_raise(tokenizer):

@@ -195,3 +195,14 @@ def test_no_weight_decay_on_norms_biases_and_embeddings():
 def test_batch_size_must_split_over_accumulation():
     with pytest.raises(ValueError, match="batch_size"):
         Trainer(train_config(batch_size=5, grad_accum_steps=2), make_model(), CopyTask(4), "unused", log=False)
+
+
+def test_timed_full_evaluations_are_logged_with_their_time(tmp_path):
+    task = CopyTask(4)
+    config = train_config(max_steps=3, eval_every=100, eval_at_minutes=[1e-9, 1e9])
+    Trainer(config, make_model(), task, tmp_path, log=False).fit()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    timed = [r for r in rows if "at_minutes" in r]
+    assert [(r["step"], r["at_minutes"]) for r in timed] == [(1, 1e-9)]  # the second mark is never reached
+    assert "val_loss" in timed[0] and timed[0]["train_minutes"] > 0
+    assert all(r["train_minutes"] >= 0 for r in rows if "loss" in r)
