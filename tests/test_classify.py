@@ -32,8 +32,8 @@ def model(tokenizer):
     return tiny_model(tokenizer, seed=1)
 
 
-def label_log_likelihood(model, tokenizer, text: str, task: str, word: str) -> float:
-    source = build_source(tokenizer, text, task=task, tone=None, max_len=model.config.max_seq_len).ids
+def label_log_likelihood(model, tokenizer, text: str, task: str, word: str, tone: str | None = None) -> float:
+    source = build_source(tokenizer, text, task=task, tone=tone, max_len=model.config.max_seq_len).ids
     target = [tokenizer.bos_id, *tokenizer.encode(word), tokenizer.eos_id]
     with torch.no_grad():
         log_probs = model(torch.tensor([source]), torch.tensor([target[:-1]]))[0].log_softmax(-1)
@@ -51,6 +51,17 @@ def test_batched_probabilities_equal_one_pair_at_a_time(model, tokenizer):
                                for word in classifier["labels"].values()])
         assert list(probs.values()) == pytest.approx(scores.softmax(0).tolist(), abs=1e-5)
         assert sum(probs.values()) == pytest.approx(1.0)
+
+
+def test_text_is_phrased_and_toned_as_in_training(model, tokenizer):
+    classifier = {**CLASSIFIER, "tone": "plain", "template": "Is this a joke? {text}"}
+    probabilities = classify(model, tokenizer, PROMPTS[:2], classifier)
+    for text, probs in zip(PROMPTS[:2], probabilities, strict=True):
+        scores = torch.tensor([label_log_likelihood(model, tokenizer, f"Is this a joke? {text}", "is_joke", word,
+                                                    tone="plain") for word in ("yes", "no")])
+        assert list(probs.values()) == pytest.approx(scores.softmax(0).tolist(), abs=1e-5)
+    with pytest.raises(ValueError, match="template"):
+        classify(model, tokenizer, ["x"], {**CLASSIFIER, "template": "no field"})
 
 
 def test_the_task_marker_matters(model, tokenizer):
