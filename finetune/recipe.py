@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_pipelines.schema import tone_of
 from finetune.batching import Encoded, LengthGroupedBatches
 from seq2seq.checkpoint import load_pretrained
 from seq2seq.config import apply_overrides, from_dict, load_yaml, to_dict
@@ -88,12 +89,6 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> FinetuneConfig:
 
 # ---------------------------------------------------------------------------------------------------------
 # Examples as token ids
-
-
-def tone_of(example: dict[str, Any]) -> str:
-    from data_pipelines.schema import tone_of as schema_tone
-
-    return schema_tone(example)
 
 
 class ExampleEncoder:

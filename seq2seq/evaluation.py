@@ -19,7 +19,6 @@ A task file (YAML): see `TaskConfig` below, and configs/eval/*.yaml for the buil
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from collections import Counter
@@ -31,6 +30,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from data_pipelines.records import InvalidRecords, read_jsonl
+from data_pipelines.sources import sha256_file
 from seq2seq.config import from_dict, load_yaml, to_dict
 from seq2seq.metrics import exact_match, mean_and_stderr, token_f1
 from seq2seq.padding import pad
@@ -98,22 +99,12 @@ class Item:
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The objects of a JSONL file; a line that is not a JSON object (or not UTF-8) is an error naming the file
+    and line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (build the mixture with `seq2seq data build`, or fix `data:`)")
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object")
-            rows.append(row)
-    return rows
+    return [row for _, row in read_jsonl(path, InvalidRecords(skip=False))]
 
 
 def to_items(task: TaskConfig, rows: list[dict[str, Any]], path: str, split: str | None) -> list[Item]:
@@ -364,14 +355,6 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def run_eval(model_dir: str, task_specs: list[str], shots: list[int], limit: int | None, seed: int,
              out: Path | None, device: str = "auto", batch_size: int = 32) -> dict[str, Any]:
     from seq2seq.checkpoint import load_pretrained
@@ -388,7 +371,7 @@ def run_eval(model_dir: str, task_specs: list[str], shots: list[int], limit: int
     report = {
         "model": str(model_dir),
         "model_config": model.config.to_dict(),
-        "checkpoint_sha256": file_sha256(Path(model_dir) / "model.safetensors"),
+        "checkpoint_sha256": sha256_file(Path(model_dir) / "model.safetensors"),
         "settings": {"tasks": [to_dict(t) for t in tasks], "shots": shots, "limit": limit, "seed": seed,
                      "max_source_len": max_len, "fine_tuned": inference is not None},
         "results": rows,

@@ -45,7 +45,6 @@ from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
 from seq2seq.checkpoint import atomic_directory, save_pretrained, write_model_files
-from seq2seq.config import to_dict
 from seq2seq.model import LearnedPositionalEmbedding, TokenEmbedding, Transformer
 
 
@@ -517,6 +516,3 @@ def _flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
             flat[name] = str(value)
     return flat
 
-
-def run_config_dict(*configs: tuple[str, Any]) -> dict[str, Any]:
-    return {name: to_dict(value) for name, value in configs}
