@@ -26,7 +26,7 @@ TONES = ("plain", "joke", "sarcastic")
 # Fine-tuning tasks (the `task` field of the mixture's JSONL) and the two pretraining objectives.
 TASKS = (
     "chat",  # conversation context -> next turn; jokes_qa question -> punchline under the <joke> tone
-    "speaker",  # Shakespeare: a quoted line -> who says it
+    "speaker",  # Shakespeare: a scene and a line in it -> who says it
     "next_turn",  # Shakespeare: one speaker's turn -> the reply that follows
     "continue",  # Shakespeare: a passage -> the lines that follow
     "headline",  # a few keywords -> a headline, under the <plain> or <sarcastic> tone

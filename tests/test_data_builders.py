@@ -76,12 +76,19 @@ def test_shakespeare_examples_come_from_their_split_region(name: str, built, sha
         assert row["labels"] == {"joke": None, "sarcasm": None} and tone_of(row) == "plain"
 
 
-def test_speaker_questions_are_answered_by_the_speaker(built, shakespeare_text: str):
+def test_speaker_questions_are_answered_by_the_speaker_after_their_scene(built, shakespeare_text: str):
     said = {(s.speaker, line.strip()) for s in shakespeare_speeches(shakespeare_text) for line in s.text.split("\n")}
-    for row in built["shakespeare_speaker"][0]:
+    rows = built["shakespeare_speaker"][0]
+    for row in rows:
         line = row["content"][0]
         assert line in row["prompt"] and (row["response"], line) in said
-    phrasings = {row["prompt"].split(row["content"][0])[0] for row in built["shakespeare_speaker"][0]}
+        *scene, question = row["prompt"].split("\n\n")
+        assert line in question and len(scene) <= 3
+        for block in scene:  # "NAME:\nthe last line of their speech" (cut to 100 characters)
+            name, text = block.split(":\n")
+            assert any(who == name and said_line.startswith(text) for who, said_line in said), block
+    assert sum(bool(row["prompt"].split(row["content"][0])[0].count(":\n")) for row in rows) > len(rows) // 2
+    phrasings = {row["prompt"].split("\n\n")[-1].split(row["content"][0])[0] for row in rows}
     assert len(phrasings) >= 4 and "Who says: '" in phrasings
 
 

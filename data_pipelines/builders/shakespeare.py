@@ -18,6 +18,8 @@ from data_pipelines.splits import SHAKESPEARE_VAL_START
 
 SOURCE = "tinyshakespeare"
 MIN_QUOTE_CHARS = 25  # shorter lines ("Ay, my lord.") could be anyone's
+SPEAKER_CONTEXT_SPEECHES = 3  # the scene before a quoted line: this many speeches, each by its last line...
+SPEAKER_CONTEXT_CHARS = 100  # ...cut to this many characters
 _SPEAKER_LINE = re.compile(r"^[A-Z][A-Za-z' .,&-]{0,40}:$")
 
 SPEAKER_QUESTIONS = (
@@ -60,23 +62,30 @@ def split_of_span(start: int, end: int, boundaries: tuple[int, int]) -> str | No
 
 
 def speaker(ctx: BuildContext) -> list[dict[str, Any]]:
-    """A line of a speech -> the speaker's name (one example per speech with a line long enough)."""
+    """The speeches just before a line, with their speakers' names, and the line -> who says it (one example
+    per speech with a line long enough). The scene is what makes the question answerable across plays: a test
+    play's characters never appear in train, but who is on stage and who spoke last does carry over (the
+    speaker of the speech two back says the line in 59% of Tiny Shakespeare's speeches)."""
     text = read_tinyshakespeare(ctx.raw_dir, ctx.invalid)
     speeches = shakespeare_speeches(text)
     boundaries = split_boundaries(text, speeches)
     rng = ctx.rng("shakespeare_speaker")
     rows = []
-    for speech in speeches:
-        split = split_of_span(speech.start, speech.end, boundaries)
+    for i, speech in enumerate(speeches):
+        before = speeches[max(0, i - SPEAKER_CONTEXT_SPEECHES):i]
+        split = split_of_span(before[0].start if before else speech.start, speech.end, boundaries)
         lines = [line.strip() for line in speech.text.split("\n") if len(line.strip()) >= MIN_QUOTE_CHARS]
         if split is None:
-            ctx.dropped["speech crosses a split boundary"] += 1
+            ctx.dropped["speech or its scene crosses a split boundary"] += 1
             continue
         if not lines:
             ctx.dropped[f"no line of {MIN_QUOTE_CHARS}+ characters"] += 1
             continue
         line = rng.choice(lines)
-        prompt = rng.choice(SPEAKER_QUESTIONS).format(line=line)
+        scene = "".join(f"{s.speaker}:\n{s.text.strip().splitlines()[-1][:SPEAKER_CONTEXT_CHARS]}\n\n" for s in before)
+        prompt = scene + rng.choice(SPEAKER_QUESTIONS).format(line=line)
+        if ctx.too_long(prompt):
+            continue
         rows.append(candidate("shakespeare_speaker", SOURCE, "speaker", prompt, speech.speaker, split, [line]))
     return rows
 
