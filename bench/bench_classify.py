@@ -81,7 +81,8 @@ def main() -> None:
         model_accuracy = float(np.mean([(p["true"] >= 0.5) == (e["response"] == "yes")
                                         for p, e in zip(probabilities, task_test)]))
         majority = Counter(e["response"] for e in task_train).most_common(1)[0][0]
-        rows.append({"task": name, "n": len(task_test), "model": model_accuracy, "baseline": "TF-IDF + logistic regression",
+        rows.append({"task": name, "n": len(task_test), "model": model_accuracy,
+                     "baseline": "TF-IDF + logistic regression",
                      "baseline_accuracy": tfidf_accuracy(task_train, task_test, TEMPLATES[task]),
                      "majority": float(np.mean([e["response"] == majority for e in task_test]))})
     speakers = [e for e in test if e["task"] == "speaker"]

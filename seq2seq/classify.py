@@ -52,11 +52,11 @@ def classify(
     words = [[tokenizer.bos_id, *tokenizer.encode(word), tokenizer.eos_id] for word in classifier["labels"].values()]
     targets, _ = right_pad(words, tokenizer.pad_id, device)  # (L, T); padding only at the end
     tgt_in, tgt_out = targets[:, :-1], targets[:, 1:]
+    template = classifier.get("template", "{text}")
     results = []
     with eval_mode(model):
         for start in range(0, len(texts), batch_size):
             batch = texts[start:start + batch_size]
-            template = classifier.get("template", "{text}")
             sources = [build_source(tokenizer, template.replace("{text}", text), task=classifier["task"],
                                     tone=classifier.get("tone"),
                                     max_len=model.config.max_seq_len).ids for text in batch]

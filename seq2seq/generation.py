@@ -10,8 +10,8 @@ Decoding strategies, each a `GenerationConfig` setting:
 
 The encoder runs once per batch. The decoder runs one position per step with a `DecoderCache`: each layer's
 cross-attention keys/values are computed at the first step and kept, its self-attention keys/values grow by
-one position per step. Beam search computes the first step once per source, then expands the cache per beam
-(`DecoderCache.repeat_interleave`, nothing recomputed) and reorders it with the surviving beams each step.
+one position per step. Beam search computes the first step once per source, then selects each source's row once
+per beam (`DecoderCache.reorder` with repeated rows, nothing recomputed) and the surviving beams each step.
 Rows that finish leave the batch, so the longest answer does not make the others pay.
 
 Tokens the tokenizer reserves (pad, <unk>, <s>, <sep>, tones, task markers, sentinels) are never generated;
@@ -99,7 +99,7 @@ def generate(
 ) -> list[GenerationResult]:
     """One answer per source (encoder input ids, e.g. `build_source(...).ids`), in order."""
     config = config or GenerationConfig()
-    rows = [Row(tokenizer, config.stop_strings, track_text=bool(config.stop_strings)) for _ in sources]
+    rows = [Row(tokenizer, config.stop_strings) for _ in sources]
     if not rows:
         return []
     search = beam_search if config.num_beams > 1 else greedy_or_sampling
@@ -235,20 +235,12 @@ class DecoderState:
         return self.model.decode(tgt_ids[:, -1:], self.encoder_out, self.src_padding_mask, cache=self.cache)[:, -1]
 
     def select(self, index: Tensor) -> None:
-        """Keep batch rows `index`, in that order."""
+        """Keep batch rows `index`, in that order (a row may repeat: one row per beam)."""
         if self.cache is not None:
             self.cache.reorder(index)
         self.encoder_out = self.encoder_out.index_select(0, index)
         if self.src_padding_mask is not None:
             self.src_padding_mask = self.src_padding_mask.index_select(0, index)
-
-    def expand(self, repeats: int) -> None:
-        """Each row becomes `repeats` consecutive rows (b -> b * repeats)."""
-        if self.cache is not None:
-            self.cache.repeat_interleave(repeats)
-        self.encoder_out = self.encoder_out.repeat_interleave(repeats, dim=0)
-        if self.src_padding_mask is not None:
-            self.src_padding_mask = self.src_padding_mask.repeat_interleave(repeats, dim=0)
 
 
 class LogitsProcessor:
@@ -437,10 +429,7 @@ def beam_search(model: Transformer, tokenizer, sources: Sequence[Sequence[int]],
             if not still_live:
                 break
             index = torch.tensor(origin, device=device)
-            if step == 0 and len(still_live) == len(live):
-                state.expand(k)  # every beam of a source comes from its one first-step row
-            else:
-                state.select(index)
+            state.select(index)  # at the first step, each source's one row becomes its k beams
             sequences = torch.cat([sequences.index_select(0, index),
                                    torch.tensor(new_tokens, device=device)[:, None]], dim=1)
             beam_scores = torch.tensor(new_scores, device=device)

@@ -412,22 +412,14 @@ class DecoderCache:
         self.length = 0
 
     def reorder(self, index: Tensor) -> None:
-        """Select batch rows (beam search: keep the surviving beams). Cross keys/values follow."""
+        """Select batch rows, in this order, repeats allowed (beam search: the first step's row of each source
+        becomes its k beams, then the surviving beams are kept). Cross keys/values follow; nothing is recomputed."""
         for layer in self.layers:
             if layer.self_k is not None:
                 layer.self_k = layer.self_k.index_select(0, index)
                 layer.self_v = layer.self_v.index_select(0, index)
             if layer.cross_kv is not None:
                 layer.cross_kv = tuple(kv.index_select(0, index) for kv in layer.cross_kv)
-
-    def repeat_interleave(self, repeats: int) -> None:
-        """Expand each batch row `repeats` times (b -> b * repeats), without recomputing anything."""
-        for layer in self.layers:
-            if layer.self_k is not None:
-                layer.self_k = layer.self_k.repeat_interleave(repeats, dim=0)
-                layer.self_v = layer.self_v.repeat_interleave(repeats, dim=0)
-            if layer.cross_kv is not None:
-                layer.cross_kv = tuple(kv.repeat_interleave(repeats, dim=0) for kv in layer.cross_kv)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def test_cache_reorder_follows_beams():
         memory = model.encode(src)
         cache = model.new_cache()
         model.decode(tgt[:, :3], memory, cache=cache)
-        cache.repeat_interleave(2)  # (2 -> 4 rows): [a, a, b, b]
+        cache.reorder(torch.tensor([0, 0, 1, 1]))  # (2 -> 4 rows, one per beam): [a, a, b, b]
         order = torch.tensor([3, 0, 2, 1])  # -> [b, a, b, a]
         cache.reorder(order)
         step = model.decode(tgt[[1, 0, 1, 0], 3:4], memory.repeat_interleave(2, 0)[order], cache=cache)

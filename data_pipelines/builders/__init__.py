@@ -29,7 +29,9 @@ class Builder:
 
 
 BUILDERS: dict[str, Builder] = {
-    "shakespeare_speaker": Builder(shakespeare.speaker, ("tinyshakespeare",), "a scene and a line in it -> who says it"),
+    "shakespeare_speaker": Builder(
+        shakespeare.speaker, ("tinyshakespeare",), "a scene and a line in it -> who says it"
+    ),
     "shakespeare_next_turn": Builder(
         shakespeare.next_turn, ("tinyshakespeare",), "one speaker's turn -> the reply that follows"
     ),
