@@ -5,9 +5,11 @@
 Both models: random weights, vocab 8192, d_model 256, 4+4 layers, 4 heads, ffn 1024 (GELU), post-norm,
 sinusoidal positions for ours (BART: learned). A 64-token random source, greedy decoding of exactly 128 new
 tokens (min_new_tokens = max_new_tokens on both, so no early </s>), batch 1 and 8, with and without the
-decoder cache. New tokens/s = batch x 128 / wall time of the whole call (encoder included). Time to first
-token = wall time of the same call with one new token. Runs are interleaved (A, B, A, B, ...) and the
-median is reported, so that whatever else runs on the machine falls on both. Needs the `bench` extra.
+decoder cache, and ours also compiled (`GenerationConfig(compile=True)`: torch.compile over a static cache),
+which is compared with BART's cached `generate()`. New tokens/s = batch x 128 / wall time of the whole call
+(encoder included). Time to first token = wall time of the same call with one new token. Runs are interleaved
+(A, B, A, B, ...) and the median is reported, so that whatever else runs on the machine falls on both. The
+compiled case compiles in the warm-up call, whose time is printed. Needs the `bench` extra.
 
 Ours decodes through `seq2seq.generation.generate` with a stand-in tokenizer (ids 0-3 reserved, nothing
 decoded to text that matters): this measures the model and the decoding loop, not SentencePiece.
@@ -63,9 +65,10 @@ def bart():
     return BartForConditionalGeneration(config).eval()
 
 
-def our_call(model: Transformer, src: torch.Tensor, new_tokens: int, use_cache: bool) -> Callable[[], None]:
+def our_call(model: Transformer, src: torch.Tensor, new_tokens: int, mode: str) -> Callable[[], None]:
     sources = src.tolist()
-    config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=use_cache)
+    config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=mode != "no cache",
+                              compile=mode == "compiled")
     tokenizer = StandInTokenizer()
 
     def call() -> None:
@@ -75,8 +78,9 @@ def our_call(model: Transformer, src: torch.Tensor, new_tokens: int, use_cache: 
     return call
 
 
-def bart_call(model, src: torch.Tensor, new_tokens: int, use_cache: bool) -> Callable[[], None]:
+def bart_call(model, src: torch.Tensor, new_tokens: int, mode: str) -> Callable[[], None]:
     mask = torch.ones_like(src)
+    use_cache = mode != "no cache"
 
     def call() -> None:
         with torch.inference_mode():
@@ -97,7 +101,7 @@ def profile_ours(model: Transformer, steps: int = 50) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     src = torch.randint(4, VOCAB, (1, SRC_LEN))
-    call = our_call(model, src, steps, use_cache=True)
+    call = our_call(model, src, steps, "cache")
     call()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         call()
@@ -110,6 +114,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--no-uncached", action="store_true", help="skip the (slow) runs without a cache")
+    parser.add_argument("--no-compile", action="store_true", help="skip our compiled decoding (compiles for ~1 min)")
     parser.add_argument("--profile", action="store_true", help="profile a batch-1 cached run of ours and stop")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -119,20 +124,27 @@ def main() -> None:
         profile_ours(models["ours"])
         return
     makers = {"ours": our_call, "BART": bart_call}
+    modes = ["cache", "compiled", "no cache"]
+    if args.no_uncached:
+        modes.remove("no cache")
+    if args.no_compile:
+        modes.remove("compiled")
 
-    cases = []  # (batch, cache, system, call, repeats)
+    cases = []  # ((batch, mode or "first ...", system), call, repeats)
     for batch in args.batches:
         src = torch.randint(4, VOCAB, (batch, SRC_LEN), generator=torch.Generator().manual_seed(batch))
-        for use_cache in (True, False):
-            if not use_cache and args.no_uncached:
-                continue
-            repeats = args.repeats if use_cache else max(1, args.repeats // 2)
+        for mode in modes:
+            repeats = args.repeats if mode != "no cache" else max(1, args.repeats // 2)
             for system, make in makers.items():
-                cases.append(((batch, use_cache, system), make(models[system], src, NEW_TOKENS, use_cache), repeats))
-        for system, make in makers.items():
-            cases.append(((batch, "first", system), make(models[system], src, 1, True), args.repeats))
-    for _, call, _ in cases:  # warm-up
-        call()
+                if mode == "compiled" and system == "BART":
+                    continue  # BART's generate() has no compiled encoder-decoder path; ours is compared to its cache
+                cases.append(((batch, mode, system), make(models[system], src, NEW_TOKENS, mode), repeats))
+            for system, make in makers.items():
+                if mode != "no cache" and not (mode == "compiled" and system == "BART"):
+                    cases.append(((batch, f"first {mode}", system), make(models[system], src, 1, mode), args.repeats))
+    compile_s = {}
+    for (batch, mode, system), call, _ in cases:  # warm-up; a compiled case compiles here
+        compile_s[(batch, mode, system)] = timed(call)
     times: dict[tuple, list[float]] = {key: [] for key, _, _ in cases}
     for repeat in range(max(r for _, _, r in cases)):
         for key, call, repeats in cases:
@@ -141,20 +153,24 @@ def main() -> None:
 
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}; source {SRC_LEN} tokens, {NEW_TOKENS} new tokens; median of interleaved runs")
-    print("| batch | cache | ours tokens/s | BART tokens/s | ours / BART |")
+    print("| batch | ours: decoding | ours tokens/s | BART tokens/s (same cache setting) | ours / BART |")
     print("|---|---|---|---|---|")
     for batch in args.batches:
-        for use_cache in (True, False):
-            if (batch, use_cache, "ours") not in times:
-                continue
-            rate = {s: batch * NEW_TOKENS / statistics.median(times[(batch, use_cache, s)]) for s in makers}
-            print(f"| {batch} | {'yes' if use_cache else 'no'} | {rate['ours']:.0f} | {rate['BART']:.0f} | "
-                  f"{rate['ours'] / rate['BART']:.2f}x |")
-    print("\n| batch | ours time to first token | BART time to first token |")
-    print("|---|---|---|")
+        for mode in modes:
+            ours_rate = batch * NEW_TOKENS / statistics.median(times[(batch, mode, "ours")])
+            bart_mode = "no cache" if mode == "no cache" else "cache"
+            bart_rate = batch * NEW_TOKENS / statistics.median(times[(batch, bart_mode, "BART")])
+            print(f"| {batch} | {mode} | {ours_rate:.0f} | {bart_rate:.0f} | {ours_rate / bart_rate:.2f}x |")
+    print("\n| batch | ours: decoding | ours time to first token | BART time to first token |")
+    print("|---|---|---|---|")
     for batch in args.batches:
-        first = {s: statistics.median(times[(batch, "first", s)]) * 1000 for s in makers}
-        print(f"| {batch} | {first['ours']:.1f} ms | {first['BART']:.1f} ms |")
+        for mode in (m for m in modes if m != "no cache"):
+            ours_ms = statistics.median(times[(batch, f"first {mode}", "ours")]) * 1000
+            bart_ms = statistics.median(times[(batch, "first cache", "BART")]) * 1000
+            print(f"| {batch} | {mode} | {ours_ms:.1f} ms | {bart_ms:.1f} ms |")
+    if "compiled" in modes:
+        print("\nCompiling (the first call of each shape; graphs are cached on disk across runs): " + ", ".join(
+            f"batch {b}: {compile_s[(b, 'compiled', 'ours')]:.1f} s" for b in args.batches))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,13 @@ one position per step. Beam search computes the first step once per source, then
 per beam (`DecoderCache.reorder` with repeated rows, nothing recomputed) and the surviving beams each step.
 Rows that finish leave the batch, so the longest answer does not make the others pay.
 
+`compile=True` (greedy decoding and sampling) runs each step through `torch.compile` instead: a
+`StaticDecoderCache` keeps every tensor's shape fixed for the whole decoding (preallocated keys/values, the
+position as a tensor, sources padded to a multiple of 32, finished rows decoded on and ignored), so one
+compiled graph, with the weights frozen into it, serves every step. Compiling takes tens of seconds per batch
+size and source length bucket (`compiled_step`); on CPU it then decodes several times faster, because an eager
+step at these sizes is mostly the fixed cost of ~100 PyTorch calls. See docs/generation.md.
+
 Tokens the tokenizer reserves (pad, <unk>, <s>, <sep>, tones, task markers, sentinels) are never generated;
 </s> is, once `min_new_tokens` are out.
 
@@ -23,6 +30,7 @@ Shapes: b rows in the batch, t tokens so far, V vocabulary, k beams.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,6 +62,7 @@ class GenerationConfig:
     stop_strings: tuple[str, ...] = ()
     seed: int | None = None  # None: a fresh random seed per call
     use_cache: bool = True  # False re-runs the decoder over the whole prefix each step (for tests, benchmarks)
+    compile: bool = False  # greedy/sampling with the cache: compiled steps (module docstring); beams: ignored
 
     def __post_init__(self) -> None:
         self.stop_strings = tuple(self.stop_strings)
@@ -315,6 +324,67 @@ def eval_mode(model: Transformer):
 # Greedy decoding and sampling
 
 
+class StaticDecoderState:
+    """`DecoderState` for compiled steps: the source padded to a multiple of `SOURCE_BUCKET` (so sources of
+    similar lengths share a compiled graph) and a `StaticDecoderCache` of `capacity` positions. Rows that
+    `select` drops stay in the compiled batch, decoding on unread; the caller sees only the rows it kept."""
+
+    SOURCE_BUCKET = 32
+
+    def __init__(self, model: Transformer, src_ids: Tensor, src_padding_mask: Tensor | None, capacity: int):
+        b, s = src_ids.shape
+        padded = -(-s // self.SOURCE_BUCKET) * self.SOURCE_BUCKET
+        mask = torch.zeros(b, padded, dtype=torch.bool, device=src_ids.device)
+        mask[:, s:] = True
+        if src_padding_mask is not None:
+            mask[:, :s] = src_padding_mask
+        src_ids = torch.cat([src_ids, src_ids.new_zeros(b, padded - s)], dim=1)  # pad ids, masked out
+        self.encoder_out = model.encode(src_ids, mask)
+        self.src_padding_mask = mask
+        self.cache = model.new_static_cache(self.encoder_out, capacity)
+        self.step = compiled_step(model)
+        self.rows = torch.arange(b, device=src_ids.device)  # the compiled batch's rows that the caller still has
+        self.last_ids = torch.zeros(b, 1, dtype=torch.long, device=src_ids.device)
+
+    def next_logits(self, tgt_ids: Tensor) -> Tensor:
+        self.last_ids[self.rows] = tgt_ids[:, -1:]  # dropped rows keep their last id
+        # Freezing is read outside the options that torch.compile passes to Inductor, so it is patched in here,
+        # around every call that may compile, with the autotuner's tables of timings (printed to stderr) off.
+        with torch._inductor.config.patch(freezing=True, autotune_num_choices_displayed=0):
+            logits = self.step(self.last_ids, self.encoder_out, self.src_padding_mask, cache=self.cache)[:, -1]
+        return logits if len(self.rows) == len(logits) else logits.index_select(0, self.rows)
+
+    def select(self, index: Tensor) -> None:
+        """Keep rows `index` of those kept so far, in order (no repeats: this is not for beam search)."""
+        self.rows = self.rows.index_select(0, index)
+
+
+_compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled_step(model: Transformer):
+    """`model.decode` through `torch.compile`, one per model, its weights frozen in as constants (so it is
+    compiled again if they change). On CPU Inductor's C++ GEMM templates replace MKL's, which at one row per
+    step spend most of their time starting up. Each new batch size or source bucket compiles again."""
+    weights = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    known = _compiled_steps.get(model)
+    if known is not None and known[0] == weights:
+        return known[1]
+    options = {"max_autotune": True}
+    if next(model.parameters()).device.type == "cpu":
+        options["max_autotune_gemm_backends"] = "CPP,ATEN"
+    step = torch.compile(model.decode, fullgraph=True, dynamic=False, options=options)
+    _compiled_steps[model] = (weights, step)
+    return step
+
+
+def decoding_capacity(model: Transformer, steps: int) -> int:
+    """Static cache positions for `steps` steps, rounded up to a multiple of 64 so that nearby max_new_tokens
+    share a compiled graph (learned positions end at max_seq_len)."""
+    capacity = -(-steps // 64) * 64
+    return min(capacity, model.config.max_seq_len) if model.config.positions == "learned" else capacity
+
+
 @torch.inference_mode()
 def greedy_or_sampling(model: Transformer, tokenizer, sources: Sequence[Sequence[int]], config: GenerationConfig,
                        rows: list[Row]) -> Iterator[None]:
@@ -323,10 +393,13 @@ def greedy_or_sampling(model: Transformer, tokenizer, sources: Sequence[Sequence
     device = next(model.parameters()).device
     with eval_mode(model):
         src_ids, src_padding_mask = right_pad(sources, tokenizer.pad_id, device)
-        state = DecoderState(model, src_ids, src_padding_mask, config.use_cache)
+        steps = decoding_steps(model, config)
+        if config.compile and config.use_cache:
+            state = StaticDecoderState(model, src_ids, src_padding_mask, decoding_capacity(model, steps))
+        else:
+            state = DecoderState(model, src_ids, src_padding_mask, config.use_cache)
         process = LogitsProcessor(tokenizer, config, device)
         generator = new_generator(config, device) if config.sampling else None
-        steps = decoding_steps(model, config)
         tokens = torch.full((len(rows), 1 + steps), tokenizer.bos_id, dtype=torch.long, device=device)  # (b, 1+n)
         live = list(range(len(rows)))  # batch row i is rows[live[i]]
         for step in range(steps):

@@ -110,7 +110,9 @@ class SinusoidalPositionalEncoding(nn.Module):
         self.d_model = config.d_model
         self.register_buffer("table", sinusoid_table(config.max_seq_len, config.d_model), persistent=False)
 
-    def forward(self, length: int, offset: int = 0) -> Tensor:
+    def forward(self, length: int, offset: int | Tensor = 0) -> Tensor:
+        if isinstance(offset, Tensor):  # a static-cache step: the table already reaches the cache's capacity
+            return rows_from(self.table, offset, length)
         if offset + length > self.table.shape[0]:
             self.table = sinusoid_table(2 * (offset + length), self.d_model).to(self.table.device)
         return self.table[offset:offset + length]  # (n, D)
@@ -124,11 +126,19 @@ class LearnedPositionalEmbedding(nn.Module):
         self.max_seq_len = config.max_seq_len
         self.weight = nn.Parameter(torch.empty(config.max_seq_len, config.d_model))
 
-    def forward(self, length: int, offset: int = 0) -> Tensor:
+    def forward(self, length: int, offset: int | Tensor = 0) -> Tensor:
+        if isinstance(offset, Tensor):  # a static-cache step, whose capacity was checked against max_seq_len
+            return rows_from(self.weight, offset, length)
         if offset + length > self.max_seq_len:
             raise ValueError(f"sequence of {offset + length} positions exceeds max_seq_len="
                              f"{self.max_seq_len} of the learned positional embedding")
         return self.weight[offset:offset + length]
+
+
+def rows_from(table: Tensor, offset: Tensor, length: int) -> Tensor:
+    """table[offset:offset + length] for a position held in a 1-element tensor: a compiled decoding step reads
+    its position from a tensor, so that one graph serves every step."""
+    return table.index_select(0, offset + torch.arange(length, device=table.device))
 
 
 class RotaryEmbedding(nn.Module):
@@ -149,13 +159,19 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos().to(device), persistent=False)
         self.register_buffer("sin", angles.sin().to(device), persistent=False)
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+    def extend(self, length: int) -> None:
+        if length > self.cos.shape[0]:
+            self._build(2 * length, self.cos.device)
+
+    def forward(self, x: Tensor, offset: int | Tensor = 0) -> Tensor:
         """Rotate x of shape (b, h, n, d) as if its first position were `offset`."""
         length = x.shape[-2]
-        if offset + length > self.cos.shape[0]:
-            self._build(2 * (offset + length), self.cos.device)
-        cos = self.cos[offset:offset + length].to(x.dtype)
-        sin = self.sin[offset:offset + length].to(x.dtype)
+        if isinstance(offset, Tensor):  # a static-cache step: the tables already reach the cache's capacity
+            cos, sin = rows_from(self.cos, offset, length).to(x.dtype), rows_from(self.sin, offset, length).to(x.dtype)
+        else:
+            self.extend(offset + length)
+            cos = self.cos[offset:offset + length].to(x.dtype)
+            sin = self.sin[offset:offset + length].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
@@ -354,26 +370,26 @@ class Decoder(nn.Module):
         cache: DecoderCache | None,
     ) -> Tensor:
         t = x.shape[1]
-        offset = cache.length if cache is not None else 0
         self_mask, is_causal = None, False
-        if tgt_padding_mask is not None or (offset > 0 and t > 1):
-            self_mask = subsequent_mask(t, offset + t, offset, x.device)[None, None]  # (1, 1, t, offset+t)
-            if tgt_padding_mask is not None:
-                self_mask = self_mask & ~tgt_padding_mask[:, None, None, :]
-        elif offset == 0 and t > 1:
-            is_causal = True  # lets SDPA use its causal kernels with no mask tensor
+        if cache is not None:
+            self_mask = cache.self_mask(t, x.device)
+            is_causal = self_mask is None and t > 1
+        elif tgt_padding_mask is not None:
+            self_mask = subsequent_mask(t, t, 0, x.device)[None, None] & ~tgt_padding_mask[:, None, None, :]
+        else:
+            is_causal = t > 1  # lets SDPA use its causal kernels with no mask tensor
         cross_mask = None if src_padding_mask is None else ~src_padding_mask[:, None, None, :]
         for i, layer in enumerate(self.layers):
             x = layer(x, memory, self_mask, is_causal, cross_mask, rotary,
                       cache.layers[i] if cache is not None else None)
         if cache is not None:
-            cache.length += t
+            cache.length += t  # in place when it is a static cache's position tensor
         return self.final_norm(x)
 
 
-def subsequent_mask(n_queries: int, n_keys: int, offset: int, device: torch.device) -> Tensor:
+def subsequent_mask(n_queries: int, n_keys: int, offset: int | Tensor, device: torch.device) -> Tensor:
     """Bool (n_queries, n_keys), True where query i (at position offset + i) may attend to key j."""
-    query_pos = torch.arange(offset, offset + n_queries, device=device)[:, None]
+    query_pos = offset + torch.arange(n_queries, device=device)[:, None]
     key_pos = torch.arange(n_keys, device=device)[None, :]
     return key_pos <= query_pos
 
@@ -411,6 +427,13 @@ class DecoderCache:
         self.layers = [LayerCache() for _ in range(n_layers)]
         self.length = 0
 
+    def self_mask(self, t: int, device: torch.device) -> Tensor | None:
+        """The self-attention mask of the next t positions: None when they see every cached key (one position)
+        or only each other causally (an empty cache)."""
+        if self.length == 0 or t == 1:
+            return None
+        return subsequent_mask(t, self.length + t, self.length, device)[None, None]  # (1, 1, t, length+t)
+
     def reorder(self, index: Tensor) -> None:
         """Select batch rows, in this order, repeats allowed (beam search: the first step's row of each source
         becomes its k beams, then the surviving beams are kept). Cross keys/values follow; nothing is recomputed."""
@@ -420,6 +443,51 @@ class DecoderCache:
                 layer.self_v = layer.self_v.index_select(0, index)
             if layer.cross_kv is not None:
                 layer.cross_kv = tuple(kv.index_select(0, index) for kv in layer.cross_kv)
+
+
+class StaticDecoderCache:
+    """A decoder cache whose tensors keep their shapes for a whole decoding, so that every step runs the same
+    graph and `torch.compile` compiles it once (`generation.compiled_step`): self-attention keys/values go into
+    buffers preallocated for `capacity` positions, attention is masked past the current position, and that
+    position is a 1-element tensor, advanced in place. The cross-attention keys/values are computed up front.
+    Rows are never dropped or reordered; batch and source length are fixed at construction."""
+
+    def __init__(self, model: Transformer, encoder_out: Tensor, capacity: int):
+        config = model.config
+        if config.positions == "learned" and capacity > config.max_seq_len:
+            raise ValueError(f"a static cache of {capacity} positions exceeds max_seq_len={config.max_seq_len} "
+                             f"of the learned positional embedding")
+        if model.rotary is not None:
+            model.rotary.extend(capacity)
+        elif config.positions == "sinusoidal":
+            model.tgt_pos(capacity)  # extends the table if needed
+        self.capacity = capacity
+        self.length = torch.zeros(1, dtype=torch.long, device=encoder_out.device)
+        shape = (encoder_out.shape[0], config.n_heads, capacity, config.head_dim)
+        self.layers = [StaticLayerCache(self, encoder_out.new_zeros(shape), encoder_out.new_zeros(shape),
+                                        layer.cross_attn.project_kv(encoder_out)) for layer in model.decoder.layers]
+
+    def self_mask(self, t: int, device: torch.device) -> Tensor:
+        return subsequent_mask(t, self.capacity, self.length, device)[None, None]  # (1, 1, t, capacity)
+
+
+class StaticLayerCache:
+    """One decoder layer's part of a `StaticDecoderCache`, with `LayerCache`'s interface."""
+
+    def __init__(self, cache: StaticDecoderCache, keys: Tensor, values: Tensor, cross_kv: tuple[Tensor, Tensor]):
+        self.cache = cache
+        self.self_k, self.self_v = keys, values  # (b, h, capacity, d)
+        self.cross_kv = cross_kv
+
+    @property
+    def self_length(self) -> Tensor:
+        return self.cache.length
+
+    def append_self(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        index = self.cache.length + torch.arange(k.shape[2], device=k.device)
+        self.self_k.index_copy_(2, index, k)
+        self.self_v.index_copy_(2, index, v)
+        return self.self_k, self.self_v
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -514,7 +582,8 @@ class Transformer(nn.Module):
     ) -> Tensor:
         """tgt_ids (b, t) -> logits (b, t, V), or the final hidden states (b, t, D) with return_hidden.
         With a cache, tgt_ids are the next positions after those already decoded into it."""
-        self.check_ids(tgt_ids, "tgt_ids")
+        if not torch.compiler.is_compiling():  # (a compiled step decodes its own argmax ids)
+            self.check_ids(tgt_ids, "tgt_ids")
         if cache is not None and tgt_padding_mask is not None:
             raise ValueError("tgt_padding_mask is not supported with a cache: decode step by step without padding")
         offset = cache.length if cache is not None else 0
@@ -525,7 +594,7 @@ class Transformer(nn.Module):
     def project(self, hidden: Tensor) -> Tensor:
         """3.4 The pre-softmax linear transformation: (..., D) -> logits (..., V)."""
         weight = self.output_proj.weight if self.output_proj is not None else self.tgt_embed.weight
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return F.linear(hidden, weight)
         # Without gradients (decoding), multiply by a contiguous (D, V) copy: for a few rows MKL is ~3x faster on
         # that layout than on the (V, D) one. The copy is redone when the weight changes or moves.
@@ -537,6 +606,9 @@ class Transformer(nn.Module):
 
     def new_cache(self) -> DecoderCache:
         return DecoderCache(self.config.n_decoder_layers)
+
+    def new_static_cache(self, encoder_out: Tensor, capacity: int) -> StaticDecoderCache:
+        return StaticDecoderCache(self, encoder_out, capacity)
 
     def forward(
         self,

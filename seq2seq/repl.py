@@ -47,6 +47,14 @@ def parse_seed(value: str) -> int | None:
     return None if value.lower() in ("none", "off", "random") else int(value)
 
 
+def parse_switch(value: str) -> bool:
+    if value.lower() in ("on", "true", "yes", "1"):
+        return True
+    if value.lower() in ("off", "false", "no", "0"):
+        return False
+    raise ValueError(value)
+
+
 # /set KEY VALUE: KEY -> (GenerationConfig field, parser, what the parser accepts)
 SETTINGS: dict[str, tuple[str, Callable[[str], object], str]] = {
     "temperature": ("temperature", float, "a number"),
@@ -56,6 +64,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], object], str]] = {
     "num_beams": ("num_beams", int, "an integer"),
     "repetition_penalty": ("repetition_penalty", float, "a number"),
     "seed": ("seed", parse_seed, "an integer or none"),
+    "compile": ("compile", parse_switch, "on or off"),
 }
 
 HELP = f"""\
@@ -63,7 +72,7 @@ commands:
   /help                   this list
   /set KEY VALUE          a decoding setting: {", ".join(list(SETTINGS)[:5])},
                           {", ".join(list(SETTINGS)[5:])} (temperature 0 is greedy; top_k 0 and
-                          top_p 1 are off; seed none is random)
+                          top_p 1 are off; seed none is random; compile on: see --compile)
   /show                   the settings, tone and few-shot examples
   /tone TONE              plain, joke, sarcastic, or auto (each question is classified first)
   /classify TEXT          joke and sarcasm probabilities of TEXT (fine-tuned checkpoints)
@@ -361,7 +370,8 @@ def load_session(args: argparse.Namespace) -> ChatSession:
 def generation_config(args: argparse.Namespace) -> GenerationConfig:
     given = {"max_new_tokens": args.max_tokens, "temperature": args.temperature, "top_k": args.top_k,
              "top_p": args.top_p, "num_beams": args.num_beams, "repetition_penalty": args.repetition_penalty,
-             "length_penalty": args.length_penalty, "seed": args.seed, "stop_strings": args.stop}
+             "length_penalty": args.length_penalty, "seed": args.seed, "stop_strings": args.stop,
+             "compile": args.compile or None}
     return dataclasses.replace(CHAT_DEFAULTS, **{key: value for key, value in given.items() if value is not None})
 
 
@@ -407,6 +417,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"beam score = log-prob / length**this (default {defaults.length_penalty})")
     group.add_argument("--seed", type=int, help="sampling seed (default: a new one each answer)")
     group.add_argument("--stop", action="append", metavar="TEXT", help="end the answer before TEXT (repeatable)")
+    group.add_argument("--compile", action="store_true",
+                       help="decode through torch.compile: the first answer waits tens of seconds while it "
+                            "compiles, later ones decode several times faster on CPU (not beam search)")
 
 
 def register(subparsers) -> None:

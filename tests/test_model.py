@@ -99,6 +99,32 @@ def test_cached_decoding_equals_full_forward(positions, norm_placement):
     assert cache.length == tgt.shape[1]
 
 
+@pytest.mark.parametrize("positions", ["sinusoidal", "rotary", "learned"])
+@pytest.mark.parametrize("norm_placement", ["post", "pre"])
+def test_static_cache_decoding_equals_full_forward(positions, norm_placement):
+    """The compiled decoding path's cache (fixed-size buffers, position as a tensor), run eagerly, in steps
+    of one position and then of several."""
+    model = tiny_model(positions=positions, norm_placement=norm_placement)
+    src, tgt = random_ids(3, 7, 1), random_ids(3, 10, 2)
+    src[1, 5:] = 0
+    src_mask = src == 0
+    with torch.no_grad():
+        full = model(src, tgt, src_padding_mask=src_mask)
+        memory = model.encode(src, src_mask)
+        cache = model.new_static_cache(memory, capacity=16)
+        steps = [model.decode(tgt[:, i:i + 1], memory, src_mask, cache=cache) for i in range(6)]
+        steps.append(model.decode(tgt[:, 6:], memory, src_mask, cache=cache))
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    assert cache.length.tolist() == [tgt.shape[1]]
+    assert cache.layers[0].self_k.shape == (3, 4, 16, 8)  # the buffers never grew
+
+
+def test_static_cache_capacity_past_learned_positions_is_an_error():
+    model = tiny_model(positions="learned")
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model.new_static_cache(torch.zeros(1, 3, model.config.d_model), capacity=model.config.max_seq_len + 1)
+
+
 def test_cached_decoding_in_chunks_equals_full_forward():
     model = tiny_model(positions="rotary")
     src, tgt = random_ids(2, 5, 1), random_ids(2, 9, 2)

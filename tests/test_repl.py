@@ -78,8 +78,9 @@ def chat(model_dir: Path, lines: list[str], env: dict[str, str], *args: str) -> 
 
 
 def test_piped_chat_answers_applies_set_and_survives_bad_commands(checkpoints, model, tokenizer, env):
-    lines = ["Why did", "/set top_k abc", "/frobnicate", "/set top_p 7", "/set max_tokens 3", PROMPTS[1],
-             "/tone joke", "", "/set temperature 1.0", "/set seed 5", "I just love", "/quit", "never answered"]
+    lines = ["Why did", "/set top_k abc", "/set compile maybe", "/frobnicate", "/set top_p 7", "/set max_tokens 3",
+             PROMPTS[1], "/tone joke", "", "/set temperature 1.0", "/set seed 5", "I just love", "/quit",
+             "never answered"]
     result = chat(checkpoints / "pretrained", lines, env)
     assert result.returncode == 0, result.stderr
     sampled = dataclasses.replace(GREEDY, max_new_tokens=3, temperature=1.0, seed=5)
@@ -94,6 +95,7 @@ def test_piped_chat_answers_applies_set_and_survives_bad_commands(checkpoints, m
         model, tokenizer, "I just love", dataclasses.replace(sampled, seed=6)), "the seed should matter here"
     errors = result.stderr
     assert "error: /set top_k: expected an integer, got 'abc'" in errors
+    assert "error: /set compile: expected on or off, got 'maybe'" in errors
     assert "error: unknown command /frobnicate" in errors
     assert "error: top_p must be in (0, 1]" in errors
     assert "no tone training" in errors
