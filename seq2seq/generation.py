@@ -365,14 +365,17 @@ _compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def compiled_step(model: Transformer):
     """`model.decode` through `torch.compile`, one per model, its weights frozen in as constants (so it is
     compiled again if they change). On CPU Inductor's C++ GEMM templates replace MKL's, which at one row per
-    step spend most of their time starting up. Each new batch size or source bucket compiles again."""
+    step spend most of their time starting up. Each new batch size, source bucket or cache capacity compiles
+    again (about 30 s each for the model of bench/bench_generate.py on 2 cores; cached on disk)."""
     weights = tuple((p.data_ptr(), p._version) for p in model.parameters())
     known = _compiled_steps.get(model)
     if known is not None and known[0] == weights:
         return known[1]
-    options = {"max_autotune": True}
+    options = {"max_autotune_gemm": True}
     if next(model.parameters()).device.type == "cpu":
-        options["max_autotune_gemm_backends"] = "CPP,ATEN"
+        # Only the C++ templates are timed (timing MKL too adds ~20 s of compiling and never won here); a
+        # matrix product they cannot do falls back to ATen.
+        options.update(max_autotune_gemm_backends="CPP", autotune_fallback_to_aten=True)
     step = torch.compile(model.decode, fullgraph=True, dynamic=False, options=options)
     _compiled_steps[model] = (weights, step)
     return step

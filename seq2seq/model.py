@@ -550,7 +550,11 @@ class Transformer(nn.Module):
 
     def check_ids(self, ids: Tensor, name: str) -> None:
         """Fail with a clear error, before any kernel, on ids outside the vocabulary or positions past the
-        learned table (on CUDA those would be a device-side assert; on CPU an index error or a silent wrap)."""
+        learned table (on CUDA those would be a device-side assert; on CPU an index error or a silent wrap).
+        Compiled code skips it: reading the ids back would split the graph (compiled training and decoding feed
+        ids from the data pipeline and from the model's own argmax)."""
+        if torch.compiler.is_compiling():
+            return
         if ids.dim() != 2:
             raise ValueError(f"{name} must have shape (batch, length), got {tuple(ids.shape)}")
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
@@ -582,8 +586,7 @@ class Transformer(nn.Module):
     ) -> Tensor:
         """tgt_ids (b, t) -> logits (b, t, V), or the final hidden states (b, t, D) with return_hidden.
         With a cache, tgt_ids are the next positions after those already decoded into it."""
-        if not torch.compiler.is_compiling():  # (a compiled step decodes its own argmax ids)
-            self.check_ids(tgt_ids, "tgt_ids")
+        self.check_ids(tgt_ids, "tgt_ids")
         if cache is not None and tgt_padding_mask is not None:
             raise ValueError("tgt_padding_mask is not supported with a cache: decode step by step without padding")
         offset = cache.length if cache is not None else 0
