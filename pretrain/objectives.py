@@ -13,6 +13,7 @@ number of processes and after a resume.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,11 @@ class ObjectiveConfig:
     noise_density: float = 0.15
     mean_span_length: float = 3.0
     min_prefix_len: int | None = None  # prefix-LM context drawn per step from [min_prefix_len, src_len]
+    # Data augmentation: this many extra copies of the training split, each segmented at random (BPE-dropout
+    # with `sampling_alpha`); `sampled_share` of the rows are drawn from them. 0: off.
+    sampled_segmentations: int = 0
+    sampling_alpha: float = 0.1
+    sampled_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.src_len <= 0 or self.tgt_len <= 0:
@@ -40,14 +46,20 @@ class ObjectiveConfig:
             raise ValueError("objective.noise_density must be in (0, 1) and objective.mean_span_length >= 1")
         if self.min_prefix_len is not None and not 1 <= self.min_prefix_len <= self.src_len:
             raise ValueError(f"objective.min_prefix_len must be in [1, src_len], got {self.min_prefix_len}")
+        if self.sampled_segmentations < 0 or not 0 < self.sampling_alpha < 1 or not 0 <= self.sampled_share <= 1:
+            raise ValueError("objective.sampled_segmentations must be >= 0, objective.sampling_alpha in (0, 1) and "
+                             "objective.sampled_share in [0, 1]")
 
 
 class PretrainingObjectives:
-    """Makes the micro-batches of each step from a token array (a memory-mapped training split)."""
+    """Makes the micro-batches of each step from a token array (a memory-mapped training split), and from
+    randomly segmented copies of it when there are any (`sampled_segmentations`)."""
 
-    def __init__(self, config: ObjectiveConfig, tokens: np.ndarray, tokenizer, batch_size: int, seed: int):
+    def __init__(self, config: ObjectiveConfig, tokens: np.ndarray, tokenizer, batch_size: int, seed: int,
+                 resegmented: Sequence[np.ndarray] = ()):
         self.config = config
         self.tokens = tokens
+        self.resegmented = list(resegmented)
         self.batch_size = batch_size
         self.seed = seed
         self.prefix_task = tokenizer.task_id("prefix_lm")
@@ -78,15 +90,29 @@ class PretrainingObjectives:
         """src (B, k + 2), tgt (B, tgt_len + 1) = [bos] + continuation."""
         c = self.config
         k = c.src_len if c.min_prefix_len is None else int(rng.integers(c.min_prefix_len, c.src_len + 1))
-        starts = rng.integers(0, len(self.tokens) - c.src_len - c.tgt_len, size=self.batch_size)
+        sources = self.row_sources(rng)
+        if self.resegmented:
+            room = np.array([len(tokens) for tokens in sources]) - c.src_len - c.tgt_len
+            starts = (rng.random(self.batch_size) * room).astype(np.int64)
+        else:
+            starts = rng.integers(0, len(self.tokens) - c.src_len - c.tgt_len, size=self.batch_size)
         src = np.empty((self.batch_size, k + 2), dtype=np.int64)
         tgt = np.empty((self.batch_size, c.tgt_len + 1), dtype=np.int64)
         src[:, 0], src[:, -1], tgt[:, 0] = self.prefix_task, self.eos, self.bos
-        for row, start in enumerate(starts):
+        for row, (tokens, start) in enumerate(zip(sources, starts, strict=True)):
             split = start + c.src_len
-            src[row, 1:-1] = self.tokens[split - k:split]
-            tgt[row, 1:] = self.tokens[split:split + c.tgt_len]
+            src[row, 1:-1] = tokens[split - k:split]
+            tgt[row, 1:] = tokens[split:split + c.tgt_len]
         return src, tgt
+
+    def row_sources(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """The token array each row of a batch is cut from: the training split, or (a `sampled_share` of rows)
+        one of its randomly segmented copies. Draws nothing from `rng` when there are no copies."""
+        if not self.resegmented:
+            return [self.tokens] * self.batch_size
+        sampled = rng.random(self.batch_size) < self.config.sampled_share
+        copies = rng.integers(0, len(self.resegmented), size=self.batch_size)
+        return [self.resegmented[c] if s else self.tokens for s, c in zip(sampled, copies, strict=True)]
 
     def span_lengths(self, n: int) -> tuple[int, int]:
         """(noise tokens, spans) for a window of n tokens, as T5's random_spans_noise_mask."""

@@ -220,6 +220,13 @@ class Tokenizer:
             ids.append(EOS_ID)
         return ids
 
+    def encode_sampled(self, text: str, alpha: float, seed: int) -> list[int]:
+        """One random segmentation of `text` (BPE-dropout, Provilkov et al., 2020: each merge is skipped with
+        probability `alpha`; for a unigram model, subword regularization with smoothing `alpha`), the same for
+        the same seed. Reserved-token strings in `text` are not recognised here."""
+        spm.set_random_generator_seed(seed)
+        return self._sp.encode(text, enable_sampling=True, alpha=alpha, nbest_size=-1)
+
     def encode_batch(self, texts: list[str], num_threads: int = 2) -> list[list[int]]:
         """Encode many texts at once (SentencePiece's multithreaded batch path)."""
         out = self._sp.encode(list(texts), num_threads=num_threads)

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from pretrain_fixtures import make_corpus
 
 from data_pipelines.corpus import load_corpus
 from pretrain.objectives import ObjectiveConfig, PretrainingObjectives, ValSpans, sequence_nll
-from pretrain.recipe import PretrainingTask, load_config
+from pretrain.recipe import PretrainingTask, load_config, resegment
 from seq2seq.model import ModelConfig, Transformer
 from seq2seq.tokenizer import Tokenizer
 
@@ -98,6 +99,39 @@ def test_batches_depend_only_on_the_step_and_split_over_processes(corpus, tokeni
     ordered = [parts[0], parts[2], parts[1], parts[3]]
     assert torch.equal(torch.cat([b.src_ids for b in ordered]), whole.src_ids)
     assert not torch.equal(maker.batches(6, 0, 1, 1)[0].tgt_out, whole.tgt_out)
+
+
+def test_a_resegmented_copy_spells_the_same_text_with_other_tokens(corpus, tokenizer):
+    train = np.asarray(corpus.train)
+    copy = resegment(corpus, tokenizer, alpha=0.3, seed=1)
+    assert tokenizer.decode(copy) == tokenizer.decode(train)
+    assert len(copy) > len(train)  # merges were dropped
+    assert np.array_equal(copy, resegment(corpus, tokenizer, alpha=0.3, seed=1))
+    assert not np.array_equal(copy, resegment(corpus, tokenizer, alpha=0.3, seed=2))
+    # Documents are resegmented one by one and their separators stay.
+    docs = ["ROMEO:\nSweet love, gentle night.", "JULIET:\nWherefore art thou?"]
+    joined = tokenizer.encode(docs[0]) + [tokenizer.eos_id] + tokenizer.encode(docs[1])
+    two = SimpleNamespace(train=np.array(joined), meta={"separator_ids": [tokenizer.eos_id]})
+    out = resegment(two, tokenizer, alpha=0.5, seed=3)
+    [bound] = np.flatnonzero(out == tokenizer.eos_id)
+    assert [tokenizer.decode(out[:bound]), tokenizer.decode(out[bound + 1:])] == docs
+
+
+def test_prefix_lm_rows_come_from_resegmented_copies_in_their_share(corpus, tokenizer):
+    train = np.asarray(corpus.train)
+    copy = resegment(corpus, tokenizer, alpha=0.3, seed=1)
+    config = ObjectiveConfig(src_len=24, tgt_len=16, sampled_segmentations=1, sampled_share=0.5)
+    make = lambda: PretrainingObjectives(config, train, tokenizer, batch_size=8, seed=3, resegmented=[copy])  # noqa: E731
+    origins = []
+    for step in range(4):
+        batch = make().batches(step, 0, 1, 1)[0]
+        assert torch.equal(batch.src_ids, make().batches(step, 0, 1, 1)[0].src_ids)  # a function of the step
+        for row in range(8):
+            text = np.concatenate([batch.src_ids[row, 1:-1].numpy(), batch.tgt_out[row].numpy()])
+            in_train, in_copy = bool(find(train, text)), bool(find(copy, text))
+            assert in_train or in_copy, "each row is one contiguous stretch of the split or of its copy"
+            origins.append("copy" if in_copy and not in_train else "train")
+    assert 8 <= origins.count("copy") <= 24
 
 
 def test_val_spans_tile_the_whole_val_split(corpus, tokenizer):
