@@ -32,7 +32,8 @@ class ObjectiveConfig:
     mean_span_length: float = 3.0
     min_prefix_len: int | None = None  # prefix-LM context drawn per step from [min_prefix_len, src_len]
     # Data augmentation: this many extra copies of the training split, each segmented at random (BPE-dropout
-    # with `sampling_alpha`); `sampled_share` of the rows are drawn from them. 0: off.
+    # with `sampling_alpha`; `recipe.resegmented_copies`); `sampled_share` of the prefix-to-continuation rows are
+    # cut from them. 0: off.
     sampled_segmentations: int = 0
     sampling_alpha: float = 0.1
     sampled_share: float = 0.5
@@ -47,8 +48,8 @@ class ObjectiveConfig:
         if self.min_prefix_len is not None and not 1 <= self.min_prefix_len <= self.src_len:
             raise ValueError(f"objective.min_prefix_len must be in [1, src_len], got {self.min_prefix_len}")
         if self.sampled_segmentations < 0 or not 0 < self.sampling_alpha < 1 or not 0 <= self.sampled_share <= 1:
-            raise ValueError("objective.sampled_segmentations must be >= 0, objective.sampling_alpha in (0, 1) and "
-                             "objective.sampled_share in [0, 1]")
+            raise ValueError("objective.sampled_segmentations must be >= 0, objective.sampling_alpha in (0, 1) "
+                             "and objective.sampled_share in [0, 1]")
 
 
 class PretrainingObjectives:

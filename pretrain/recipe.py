@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate import PartialState
 
 from data_pipelines.corpus import load_corpus
 from pretrain.objectives import ObjectiveConfig, PretrainingObjectives, ValSpans, sequence_nll
@@ -104,6 +106,30 @@ def resegment(corpus, tokenizer: Tokenizer, alpha: float, seed: int) -> np.ndarr
     return np.concatenate(parts).astype(np.int64)
 
 
+def resegmented_copies(corpus, tokenizer: Tokenizer, copies: int, alpha: float, seed: int) -> list[np.ndarray]:
+    """`copies` randomly segmented copies of the training split (copy k: `resegment` with seed + k), cached in
+    `<corpus>/resegmented/`. SentencePiece's sampling is reproducible within a process but not across processes,
+    whatever its seed, so the first run that asks for a copy makes it (the main process, while the others wait)
+    and every later process, resumed run and run of the same settings reads that file: they all train on the same
+    tokens. The file name holds the tokenizer's hash, the split's length, alpha and the seed."""
+    if copies == 0:
+        return []
+    directory = Path(corpus.path) / "resegmented"
+    key = f"{corpus.meta['tokenizer_sha256'][:12]}-{len(corpus.train)}-alpha{alpha}"
+    arrays = []
+    with PartialState().main_process_first():
+        for copy in range(copies):
+            path = directory / f"{key}-seed{seed + copy}.npy"
+            if not path.is_file():
+                directory.mkdir(parents=True, exist_ok=True)
+                partial = path.with_suffix(f".{os.getpid()}.tmp")
+                with open(partial, "wb") as file:
+                    np.save(file, resegment(corpus, tokenizer, alpha, seed + copy).astype(np.int32))
+                os.replace(partial, path)  # atomic: a reader never sees half a file
+            arrays.append(np.load(path).astype(np.int64))
+    return arrays
+
+
 class PretrainingTask:
     """The pretraining objectives plus the val measurement, as the shared loop expects them."""
 
@@ -111,8 +137,8 @@ class PretrainingTask:
         self.config = config
         self.tokenizer = tokenizer
         objective = config.objective
-        resegmented = [resegment(corpus, tokenizer, objective.sampling_alpha, seed=config.train.seed + copy)
-                       for copy in range(objective.sampled_segmentations)]
+        resegmented = resegmented_copies(corpus, tokenizer, objective.sampled_segmentations, objective.sampling_alpha,
+                                         config.train.seed)
         self.objectives = PretrainingObjectives(objective, corpus.train, tokenizer, config.train.batch_size,
                                                 config.train.seed, resegmented)
         self.val = ValSpans(np.asarray(corpus.val), config.objective.src_len, config.objective.tgt_len)

@@ -222,8 +222,9 @@ class Tokenizer:
 
     def encode_sampled(self, text: str, alpha: float, seed: int) -> list[int]:
         """One random segmentation of `text` (BPE-dropout, Provilkov et al., 2020: each merge is skipped with
-        probability `alpha`; for a unigram model, subword regularization with smoothing `alpha`), the same for
-        the same seed. Reserved-token strings in `text` are not recognised here."""
+        probability `alpha`; for a unigram model, subword regularization with smoothing `alpha`). The same seed
+        gives the same segmentation within one process only: SentencePiece's generator differs between processes
+        (`pretrain.recipe.resegmented_copies` caches what it makes). Reserved-token strings are not recognised."""
         spm.set_random_generator_seed(seed)
         return self._sp.encode(text, enable_sampling=True, alpha=alpha, nbest_size=-1)
 

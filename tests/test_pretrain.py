@@ -15,7 +15,7 @@ from pretrain_fixtures import make_corpus
 
 from data_pipelines.corpus import load_corpus
 from pretrain.objectives import ObjectiveConfig, PretrainingObjectives, ValSpans, sequence_nll
-from pretrain.recipe import PretrainingTask, load_config, resegment
+from pretrain.recipe import PretrainingTask, load_config, resegment, resegmented_copies
 from seq2seq.model import ModelConfig, Transformer
 from seq2seq.tokenizer import Tokenizer
 
@@ -106,7 +106,6 @@ def test_a_resegmented_copy_spells_the_same_text_with_other_tokens(corpus, token
     copy = resegment(corpus, tokenizer, alpha=0.3, seed=1)
     assert tokenizer.decode(copy) == tokenizer.decode(train)
     assert len(copy) > len(train)  # merges were dropped
-    assert np.array_equal(copy, resegment(corpus, tokenizer, alpha=0.3, seed=1))
     assert not np.array_equal(copy, resegment(corpus, tokenizer, alpha=0.3, seed=2))
     # Documents are resegmented one by one and their separators stay.
     docs = ["ROMEO:\nSweet love, gentle night.", "JULIET:\nWherefore art thou?"]
@@ -115,6 +114,20 @@ def test_a_resegmented_copy_spells_the_same_text_with_other_tokens(corpus, token
     out = resegment(two, tokenizer, alpha=0.5, seed=3)
     [bound] = np.flatnonzero(out == tokenizer.eos_id)
     assert [tokenizer.decode(out[:bound]), tokenizer.decode(out[bound + 1:])] == docs
+
+
+def test_resegmented_copies_are_made_once_and_read_by_every_later_process(corpus_paths, corpus, tokenizer):
+    """SentencePiece's sampling differs between processes: the processes of a run, a resumed run and a rerun must
+    all read the copies the first one made."""
+    made = resegmented_copies(corpus, tokenizer, copies=2, alpha=0.2, seed=40)
+    assert len(list((Path(corpus.path) / "resegmented").glob("*-alpha0.2-seed4[01].npy"))) == 2
+    code = ("import sys; from seq2seq.tokenizer import Tokenizer; from pretrain.recipe import resegmented_copies; "
+            "from data_pipelines.corpus import load_corpus; t = Tokenizer.load(sys.argv[1]); "
+            "c = load_corpus(sys.argv[2], t); print([int(a.sum()) for a in resegmented_copies(c, t, 2, 0.2, 40)])")
+    other = subprocess.run([sys.executable, "-c", code, str(corpus_paths[0]), str(corpus_paths[1])],
+                           capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == str([int(a.sum()) for a in made])
+    assert all(tokenizer.decode(a) == tokenizer.decode(np.asarray(corpus.train)) for a in made)
 
 
 def test_prefix_lm_rows_come_from_resegmented_copies_in_their_share(corpus, tokenizer):
