@@ -92,11 +92,7 @@ class PretrainingObjectives:
         c = self.config
         k = c.src_len if c.min_prefix_len is None else int(rng.integers(c.min_prefix_len, c.src_len + 1))
         sources = self.row_sources(rng)
-        if self.resegmented:
-            room = np.array([len(tokens) for tokens in sources]) - c.src_len - c.tgt_len
-            starts = (rng.random(self.batch_size) * room).astype(np.int64)
-        else:
-            starts = rng.integers(0, len(self.tokens) - c.src_len - c.tgt_len, size=self.batch_size)
+        starts = rng.integers(0, np.array([len(tokens) for tokens in sources]) - c.src_len - c.tgt_len)
         src = np.empty((self.batch_size, k + 2), dtype=np.int64)
         tgt = np.empty((self.batch_size, c.tgt_len + 1), dtype=np.int64)
         src[:, 0], src[:, -1], tgt[:, 0] = self.prefix_task, self.eos, self.bos

@@ -110,11 +110,14 @@ class SinusoidalPositionalEncoding(nn.Module):
         self.d_model = config.d_model
         self.register_buffer("table", sinusoid_table(config.max_seq_len, config.d_model), persistent=False)
 
+    def extend(self, length: int) -> None:
+        if length > self.table.shape[0]:
+            self.table = sinusoid_table(2 * length, self.d_model).to(self.table.device)
+
     def forward(self, length: int, offset: int | Tensor = 0) -> Tensor:
         if isinstance(offset, Tensor):  # a static-cache step: the table already reaches the cache's capacity
             return rows_from(self.table, offset, length)
-        if offset + length > self.table.shape[0]:
-            self.table = sinusoid_table(2 * (offset + length), self.d_model).to(self.table.device)
+        self.extend(offset + length)
         return self.table[offset:offset + length]  # (n, D)
 
 
@@ -457,10 +460,9 @@ class StaticDecoderCache:
         if config.positions == "learned" and capacity > config.max_seq_len:
             raise ValueError(f"a static cache of {capacity} positions exceeds max_seq_len={config.max_seq_len} "
                              f"of the learned positional embedding")
-        if model.rotary is not None:
-            model.rotary.extend(capacity)
-        elif config.positions == "sinusoidal":
-            model.tgt_pos(capacity)  # extends the table if needed
+        for positions in (model.rotary, model.tgt_pos):
+            if hasattr(positions, "extend"):  # sinusoids and rotations are computed as far as they are needed
+                positions.extend(capacity)
         self.capacity = capacity
         self.length = torch.zeros(1, dtype=torch.long, device=encoder_out.device)
         shape = (encoder_out.shape[0], config.n_heads, capacity, config.head_dim)

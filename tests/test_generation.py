@@ -125,13 +125,17 @@ def test_compiled_decoding_equals_eager(tokenizer):
     """torch.compile over the static cache: the same tokens, texts and finish reasons as eager decoding, for a
     batch of mixed source lengths whose rows end at different steps (they decode on, unread), greedy, and sampled
     (one compiled graph)."""
+    from torch._dynamo.utils import counters
+
     model = tiny_model(tokenizer, seed=3)
     sources = sources_for(tokenizer, PROMPTS)
+    counters.clear()
     for settings in (dict(max_new_tokens=30), dict(max_new_tokens=30, temperature=0.9, top_k=30, seed=4)):
         eager = generate(model, tokenizer, sources, GenerationConfig(**settings))
         compiled = generate(model, tokenizer, sources, GenerationConfig(**settings, compile=True))
         assert compiled == eager
         assert len({len(r.token_ids) for r in eager}) > 1  # rows did finish at different steps
+    assert counters["stats"]["unique_graphs"] == 1  # one graph served every step of both decodings
 
 
 def test_beam_scores_are_the_models_log_probabilities(model, tokenizer):
