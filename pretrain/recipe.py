@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import PartialState
 
 from data_pipelines.corpus import load_corpus
 from pretrain.objectives import ObjectiveConfig, PretrainingObjectives, ValSpans, sequence_nll
@@ -109,24 +108,30 @@ def resegment(corpus, tokenizer: Tokenizer, alpha: float, seed: int) -> np.ndarr
 def resegmented_copies(corpus, tokenizer: Tokenizer, copies: int, alpha: float, seed: int) -> list[np.ndarray]:
     """`copies` randomly segmented copies of the training split (copy k: `resegment` with seed + k), cached in
     `<corpus>/resegmented/`. SentencePiece's sampling is reproducible within a process but not across processes,
-    whatever its seed, so the first run that asks for a copy makes it (the main process, while the others wait)
-    and every later process, resumed run and run of the same settings reads that file: they all train on the same
-    tokens. The file name holds the tokenizer's hash, the split's length, alpha and the seed."""
+    whatever its seed, so the first run that asks for a copy makes it and every later process, resumed run and run
+    of the same settings reads that file: they all train on the same tokens. Processes of one run that start
+    together may each make one; the first to link it in place wins and all read the winner's (no barrier, which
+    would have to match the training loop's collectives one for one). The file name holds the tokenizer's hash,
+    the split's length, alpha and the seed."""
     if copies == 0:
         return []
     directory = Path(corpus.path) / "resegmented"
     key = f"{corpus.meta['tokenizer_sha256'][:12]}-{len(corpus.train)}-alpha{alpha}"
     arrays = []
-    with PartialState().main_process_first():
-        for copy in range(copies):
-            path = directory / f"{key}-seed{seed + copy}.npy"
-            if not path.is_file():
-                directory.mkdir(parents=True, exist_ok=True)
-                partial = path.with_suffix(f".{os.getpid()}.tmp")
-                with open(partial, "wb") as file:
-                    np.save(file, resegment(corpus, tokenizer, alpha, seed + copy).astype(np.int32))
-                os.replace(partial, path)  # atomic: a reader never sees half a file
-            arrays.append(np.load(path).astype(np.int64))
+    for copy in range(copies):
+        path = directory / f"{key}-seed{seed + copy}.npy"
+        if not path.is_file():
+            directory.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".{os.getpid()}.tmp")
+            with open(partial, "wb") as file:
+                np.save(file, resegment(corpus, tokenizer, alpha, seed + copy).astype(np.int32))
+            try:
+                os.link(partial, path)  # atomic, and fails if another process got there first
+            except FileExistsError:
+                pass
+            finally:
+                partial.unlink()
+        arrays.append(np.load(path).astype(np.int64))
     return arrays
 
 
