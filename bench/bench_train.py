@@ -10,6 +10,7 @@ Needs the `bench` extra (pip install -e ".[bench]").
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from contextlib import nullcontext
 
@@ -39,18 +40,24 @@ def bart():
     return BartForConditionalGeneration(config)
 
 
-def time_steps(step, steps: int) -> float:
-    step()  # warm-up
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
+def time_interleaved(steps: dict, rounds: int) -> dict[str, float]:
+    """Median seconds per step of each system, timed in alternation (ABAB...) so that drift in the machine's
+    speed, which on a shared VM is often larger than the gap being measured, falls on both alike."""
+    for step in steps.values():  # warm-up
         step()
-    return (time.perf_counter() - start) / steps
+        step()
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps of each system (alternating)")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
@@ -60,21 +67,22 @@ def main() -> None:
     tgt = torch.randint(4, VOCAB, (BATCH, TGT_LEN + 1))
     tgt_in, tgt_out = tgt[:, :-1].contiguous(), tgt[:, 1:].contiguous()
     tokens = BATCH * (SRC_LEN + TGT_LEN)
-    print(f"threads {args.threads}; batch {BATCH} x ({SRC_LEN} + {TGT_LEN}) tokens; {args.steps} timed steps")
+    print(f"threads {args.threads}; batch {BATCH} x ({SRC_LEN} + {TGT_LEN}) tokens; {args.steps} timed steps each, "
+          f"alternating; median")
     print(f"{'model':<28} {'precision':<9} {'ms/step':>8} {'tokens/s':>9}")
     for precision in args.precision:
-        results = {}
-        for name, make in [("BART (transformers)", bart), ("ours", ours)]:
-            torch.manual_seed(0)
-            model = make().train()
-            if name == "ours":
-                loss_fn = lambda model=model: model.loss(src, tgt_in, tgt_out)
-            else:
-                loss_fn = lambda model=model: model(input_ids=src, decoder_input_ids=tgt_in, labels=tgt_out).loss
-            seconds = time_steps(train_step(model, loss_fn, precision), args.steps)
-            results[name] = tokens / seconds
-            print(f"{name:<28} {precision:<9} {1000 * seconds:>8.1f} {tokens / seconds:>9.0f}", flush=True)
-        print(f"{'speed-up':<28} {precision:<9} {'':>8} {results['ours'] / results['BART (transformers)']:>8.2f}x")
+        torch.manual_seed(0)
+        bart_model, our_model = bart().train(), ours().train()
+        steps = {
+            "BART (transformers)": train_step(bart_model, lambda model=bart_model: model(
+                input_ids=src, decoder_input_ids=tgt_in, labels=tgt_out).loss, precision),
+            "ours": train_step(our_model, lambda model=our_model: model.loss(src, tgt_in, tgt_out), precision),
+        }
+        seconds = time_interleaved(steps, args.steps)
+        for name, value in seconds.items():
+            print(f"{name:<28} {precision:<9} {1000 * value:>8.1f} {tokens / value:>9.0f}", flush=True)
+        print(f"{'speed-up':<28} {precision:<9} {'':>8} "
+              f"{seconds['BART (transformers)'] / seconds['ours']:>8.2f}x")
 
 
 def train_step(model: torch.nn.Module, loss_fn, precision: str):

@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from seq2seq.model import ModelConfig, Transformer, count_parameters
+from seq2seq.model import ModelConfig, SublayerConnection, Transformer, count_parameters
 
 POSITIONS = ["sinusoidal", "learned", "rotary"]
 
@@ -208,6 +208,21 @@ def test_loss_ignores_padding_and_smooths():
         expected_smoothed = (0.9 * nll - 0.1 * log_probs.mean(-1)).mean()
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(smoothed, expected_smoothed)
+
+
+@pytest.mark.parametrize("placement", ["post", "pre"])
+def test_residual_dropout_keeps_one_minus_p_and_rescales(placement):
+    torch.manual_seed(0)
+    layer = SublayerConnection(ModelConfig(d_model=64, n_heads=4, dropout=0.3, norm_placement=placement))
+    layer.norm = torch.nn.Identity()  # look at the residual sum itself
+    x, update = torch.randn(200, 64), torch.randn(200, 64, requires_grad=True)
+    out = layer.train()(x, lambda h: update)
+    kept = (out - x) != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.02
+    torch.testing.assert_close((out - x)[kept], (update / 0.7)[kept])
+    out.sum().backward()
+    torch.testing.assert_close(update.grad, kept.float() / 0.7)
+    assert torch.equal(layer.eval()(x, lambda h: update), x + update)
 
 
 @pytest.mark.parametrize("field,value", [("d_model", 30), ("n_heads", 0), ("d_ff", -1), ("vocab_size", 0),
