@@ -88,6 +88,19 @@ def test_a_step_batch_is_fixed_and_splits_over_processes():
     assert rows == len(whole)
 
 
+def test_each_epoch_is_planned_once_when_stepping_through_them(monkeypatch):
+    lengths = [(10 + i % 7, 5 + i % 3) for i in range(100)]
+    batches = LengthGroupedBatches(encoded_examples(lengths), {}, 8, 4096, 1, seed=1, pad_id=0)
+    fresh = LengthGroupedBatches(encoded_examples(lengths), {}, 8, 4096, 1, seed=1, pad_id=0)
+    per_epoch = len(batches.plan(0))
+    draws = []
+    monkeypatch.setattr(batches, "draw", lambda rng, draw=batches.draw: draws.append(1) or draw(rng))
+    steps = range(4 * per_epoch)  # into the fourth epoch
+    for step in steps:
+        assert np.array_equal(batches.global_batch(step), fresh.global_batch(step))
+    assert len(draws) == 3  # epochs 1, 2 and 3, once each (epoch 0 was planned before the count began)
+
+
 def test_encoder_reads_the_prompt_and_the_decoder_only_the_response(tokenizer):
     encoder = ExampleEncoder(tokenizer, FinetuneDataConfig(max_src_len=64, max_tgt_len=32), seed=0)
     rows = [example(0, "chat", "Tell me a joke", "Why not", "train", joke=True),
