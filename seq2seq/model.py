@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from seq2seq.config import from_dict, to_dict
 from seq2seq.cross_entropy import linear_cross_entropy
@@ -251,7 +252,13 @@ class MultiHeadAttention(nn.Module):
                 q, k = rotary(q, offset), rotary(k, offset)
             if cache is not None:
                 k, v = cache.append_self(k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+            # On a CPU without AMX, SDPA's flash kernel is slower in bf16 than the matmul-based one: forward and
+            # backward at (32, 4, 128, 64) take 34 against 28 ms, causal 38 against 24 (fp32 keeps flash: 26 vs 31).
+            with sdpa_kernel(SDPBackend.MATH):
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
 

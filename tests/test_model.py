@@ -210,6 +210,25 @@ def test_loss_ignores_padding_and_smooths():
     torch.testing.assert_close(smoothed, expected_smoothed)
 
 
+def test_bf16_autocast_training_step_matches_fp32():
+    """The CPU bf16 path (matmul-based attention, the fused loss in bf16) against fp32 on the same weights."""
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(dropout=0.0))
+    src, tgt = torch.randint(4, 50, (3, 12)), torch.randint(4, 50, (3, 9))
+    padding = torch.zeros(3, 12, dtype=torch.bool)
+    padding[0, 8:] = True
+    losses, grads = [], []
+    for precision in ("fp32", "bf16"):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = model.loss(src, tgt[:, :-1], tgt[:, 1:], src_padding_mask=padding)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert abs(losses[0] - losses[1]) < 0.05 * abs(losses[0])
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.99
+
+
 @pytest.mark.parametrize("placement", ["post", "pre"])
 def test_residual_dropout_keeps_one_minus_p_and_rescales(placement):
     torch.manual_seed(0)
