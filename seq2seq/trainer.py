@@ -248,6 +248,7 @@ class Trainer:
         # The scheduler is stepped by hand once per optimizer step (a prepared one steps once per process).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
         self.step = 0
+        self.saved_step: int | None = None  # the step of the last checkpoint written or resumed from
         self.best_val_loss = math.inf
         self.evals_since_best = 0
         self.bad_steps = 0
@@ -312,6 +313,7 @@ class Trainer:
             for old in checkpoint_dirs(self.output_dir)[:-self.config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
+        self.saved_step = self.step
         return target
 
     def load_checkpoint(self, path: Path) -> None:
@@ -331,7 +333,7 @@ class Trainer:
         else:
             warnings.warn(f"{rng_path} missing (different process count?): dropout will not repeat exactly",
                           stacklevel=2)
-        self.step = state["step"]
+        self.step = self.saved_step = state["step"]
         self.tokens_seen = state["tokens_seen"]
         self.train_seconds = state.get("train_seconds", 0.0)
         self.best_val_loss = state["best_val_loss"]
@@ -483,7 +485,7 @@ class Trainer:
         self.improved(metrics)
         if self.is_main:
             print(f"final (step {self.step}): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        if not (self.output_dir / "checkpoints" / f"step-{self.step:07d}").is_dir():
+        if self.saved_step != self.step:  # remembered, not looked up: processes need not share a filesystem
             self.save_checkpoint()
         final = self.export()
         self.accelerator.end_training()

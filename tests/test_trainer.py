@@ -152,6 +152,21 @@ def test_last_k_checkpoints_are_kept_and_final_is_exported(tmp_path):
     assert "val_loss" in records[-1]
 
 
+def test_the_end_saves_once_and_only_when_the_last_step_has_no_checkpoint(tmp_path, monkeypatch):
+    saved = []
+    original = Trainer.save_checkpoint
+    monkeypatch.setattr(Trainer, "save_checkpoint", lambda self: saved.append(self.step) or original(self))
+    Trainer(train_config(max_steps=8, save_every=4), make_model(), CopyTask(4), tmp_path / "a", log=False).fit()
+    assert saved == [4, 8]  # step 8's periodic checkpoint is the final one
+    saved.clear()
+    Trainer(train_config(max_steps=6, save_every=4), make_model(), CopyTask(4), tmp_path / "b", log=False).fit()
+    assert saved == [4, 6]
+    saved.clear()
+    resumed = Trainer(train_config(max_steps=6, save_every=4), make_model(), CopyTask(4), tmp_path / "b", log=False)
+    resumed.fit(resume="latest")  # already at step 6: nothing to train, and its checkpoint exists
+    assert saved == []
+
+
 def test_training_learns_and_writes_tensorboard(tmp_path):
     trainer = Trainer(train_config(max_steps=200, eval_every=100, lr=1e-2, warmup_steps=10, decay_steps=200),
                       make_model(0.0), CopyTask(8), tmp_path)
