@@ -15,6 +15,7 @@ Padding masks are bool tensors of shape (b, n) that are True at padding position
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -252,12 +253,10 @@ class MultiHeadAttention(nn.Module):
                 q, k = rotary(q, offset), rotary(k, offset)
             if cache is not None:
                 k, v = cache.append_self(k, v)
-        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
-            # On a CPU without AMX, SDPA's flash kernel is slower in bf16 than the matmul-based one: forward and
-            # backward at (32, 4, 128, 64) take 34 against 28 ms, causal 38 against 24 (fp32 keeps flash: 26 vs 31).
-            with sdpa_kernel(SDPBackend.MATH):
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
-        else:
+        # On a CPU without AMX, SDPA's flash kernel is slower in bf16 than the matmul-based one: forward and
+        # backward at (32, 4, 128, 64) take 34 against 28 ms, causal 38 against 24 (fp32 keeps flash: 26 vs 31).
+        low_precision_cpu = q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
+        with sdpa_kernel(SDPBackend.MATH) if low_precision_cpu else nullcontext():
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))

@@ -155,9 +155,18 @@ def test_last_k_checkpoints_are_kept_and_final_is_exported(tmp_path):
 def test_the_end_saves_once_and_only_when_the_last_step_has_no_checkpoint(tmp_path, monkeypatch):
     saved = []
     original = Trainer.save_checkpoint
-    monkeypatch.setattr(Trainer, "save_checkpoint", lambda self: saved.append(self.step) or original(self))
+
+    def save_out_of_sight(self):  # as another machine's process sees it: no checkpoint directory on its disk
+        saved.append(self.step)
+        target = original(self)
+        target.rename(target.with_name(f"elsewhere-{target.name}"))
+        return target
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_out_of_sight)
     Trainer(train_config(max_steps=8, save_every=4), make_model(), CopyTask(4), tmp_path / "a", log=False).fit()
-    assert saved == [4, 8]  # step 8's periodic checkpoint is the final one
+    assert saved == [4, 8]  # step 8's periodic checkpoint is the final one, though its directory is not visible
+    monkeypatch.setattr(Trainer, "save_checkpoint", lambda self: saved.append(self.step) or original(self))
+    saved.clear()
     saved.clear()
     Trainer(train_config(max_steps=6, save_every=4), make_model(), CopyTask(4), tmp_path / "b", log=False).fit()
     assert saved == [4, 6]
