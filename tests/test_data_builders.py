@@ -92,6 +92,27 @@ def test_speaker_questions_are_answered_by_the_speaker_after_their_scene(built, 
     assert len(phrasings) >= 4 and "Who says: '" in phrasings
 
 
+def test_renamed_speaker_questions_are_train_questions_with_invented_names(built):
+    def without_names(prompt: str) -> tuple[str, ...]:
+        return tuple(block.split(":\n", 1)[-1] for block in prompt.split("\n\n"))
+
+    def names(prompt: str, response: str) -> list[str]:
+        return [block.split(":\n")[0] for block in prompt.split("\n\n")[:-1]] + [response]
+
+    real = {without_names(row["prompt"]): row for row in built["shakespeare_speaker"][0] if row["split"] == "train"}
+    renamed = built["shakespeare_speaker_renamed"][0]
+    assert {row["split"] for row in renamed} == {"train"} and len(renamed) >= 0.9 * len(real)
+    real_names = {name for row in real.values() for name in names(row["prompt"], row["response"])}
+    for row in renamed:
+        original = real[without_names(row["prompt"])]  # the same line, question and scene text
+        old, new = names(original["prompt"], original["response"]), names(row["prompt"], row["response"])
+        mapping = dict(zip(old, new, strict=True))
+        assert [mapping[name] for name in old] == new  # one invented name per character, throughout
+        assert len(set(mapping.values())) == len(mapping)  # different characters stay different
+        assert not set(new) & real_names and all(re.fullmatch(r"[A-Z]{4,12}", name) for name in new)
+        assert row["content"] == original["content"]
+
+
 def test_jokes_are_punchlines_under_the_joke_tone_and_inoffensive(built):
     rows, ctx = built["jokes_qa_punchline"]
     for row in rows:

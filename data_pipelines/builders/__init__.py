@@ -32,6 +32,10 @@ BUILDERS: dict[str, Builder] = {
     "shakespeare_speaker": Builder(
         shakespeare.speaker, ("tinyshakespeare",), "a scene and a line in it -> who says it"
     ),
+    "shakespeare_speaker_renamed": Builder(
+        shakespeare.speaker_renamed, ("tinyshakespeare",),
+        "shakespeare_speaker's train examples with invented character names (to be read off the scene)"
+    ),
     "shakespeare_next_turn": Builder(
         shakespeare.next_turn, ("tinyshakespeare",), "one speaker's turn -> the reply that follows"
     ),

@@ -66,10 +66,41 @@ def speaker(ctx: BuildContext) -> list[dict[str, Any]]:
     per speech with a line long enough). The scene is what makes the question answerable across plays: a test
     play's characters never appear in train, but who is on stage and who spoke last does carry over (the
     speaker of the speech two back says the line in 59% of Tiny Shakespeare's speeches)."""
+    return _speaker_rows(ctx, "shakespeare_speaker", renamed=False)
+
+
+def speaker_renamed(ctx: BuildContext) -> list[dict[str, Any]]:
+    """`speaker`'s train examples with every character named in an example (the scene's speakers and the
+    answer) given an invented name, the same one throughout the example, e.g. GREMIO -> DOSANVA. Test speakers
+    come from plays that train never saw, so the model must read their names off the scene; with train's own
+    names it can instead learn them by heart, and a fine-tuned model answered train characters' names to test
+    questions. Invented names, new in every example, can only be copied from the prompt (the idea of the
+    anonymised entities of Hermann et al., 2015). Train split only: val and test keep the real names."""
+    return _speaker_rows(ctx, "shakespeare_speaker_renamed", renamed=True)
+
+
+INVENTED_NAME_SYLLABLES = ("AL", "AN", "BA", "BER", "CA", "CLA", "DO", "DI", "EL", "FEL", "GA", "LEO", "LI", "LO",
+                           "MA", "MI", "NO", "NI", "OR", "PE", "RA", "RO", "SAN", "SE", "TA", "TI", "VA", "VI", "ZE")
+
+
+def invented_names(names: list[str], rng) -> dict[str, str]:
+    """A different invented name (2-4 syllables) for each distinct name, none of them one of `names`."""
+    mapping: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        while True:
+            new = "".join(rng.choice(INVENTED_NAME_SYLLABLES) for _ in range(rng.randint(2, 4)))
+            if new not in names and new not in mapping.values():
+                break
+        mapping[name] = new
+    return mapping
+
+
+def _speaker_rows(ctx: BuildContext, builder: str, renamed: bool) -> list[dict[str, Any]]:
     text = read_tinyshakespeare(ctx.raw_dir, ctx.invalid)
     speeches = shakespeare_speeches(text)
     boundaries = split_boundaries(text, speeches)
-    rng = ctx.rng("shakespeare_speaker")
+    rng = ctx.rng("shakespeare_speaker")  # both builders pick the same line and question for a speech
+    names_rng = ctx.rng(builder)
     rows = []
     for i, speech in enumerate(speeches):
         before = speeches[max(0, i - SPEAKER_CONTEXT_SPEECHES):i]
@@ -82,11 +113,18 @@ def speaker(ctx: BuildContext) -> list[dict[str, Any]]:
             ctx.dropped[f"no line of {MIN_QUOTE_CHARS}+ characters"] += 1
             continue
         line = rng.choice(lines)
-        scene = "".join(f"{s.speaker}:\n{s.text.strip().splitlines()[-1][:SPEAKER_CONTEXT_CHARS]}\n\n" for s in before)
-        prompt = scene + rng.choice(SPEAKER_QUESTIONS).format(line=line)
+        question = rng.choice(SPEAKER_QUESTIONS).format(line=line)
+        if renamed and split != "train":
+            continue
+        name = {s.speaker: s.speaker for s in [*before, speech]}
+        if renamed:
+            name = invented_names([s.speaker for s in [*before, speech]], names_rng)
+        scene = "".join(f"{name[s.speaker]}:\n{s.text.strip().splitlines()[-1][:SPEAKER_CONTEXT_CHARS]}\n\n"
+                        for s in before)
+        prompt = scene + question
         if ctx.too_long(prompt):
             continue
-        rows.append(candidate("shakespeare_speaker", SOURCE, "speaker", prompt, speech.speaker, split, [line]))
+        rows.append(candidate(builder, SOURCE, "speaker", prompt, name[speech.speaker], split, [line]))
     return rows
 
 
