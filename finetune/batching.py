@@ -5,6 +5,11 @@ repeats it), shuffles them, sorts them inside pools of a few thousand by source 
 and then target length, since source and target are padded separately, and cuts the pools into batches
 of at most `max_examples` examples and `max_tokens` padded source + target tokens; the batch order is then
 shuffled. Everything is seeded by (seed, epoch), so the batch of a step is a pure function of the step.
+
+How much each response token counts in the loss (`Batch.tgt_weights`): with `loss_unit="token"` every token
+counts once, so tasks with long responses (chat, continuation) dominate the gradient and a classification example
+("yes" </s>) adds two tokens to a batch of hundreds; with `loss_unit="example"` each example's tokens share a
+weight of 1, so every example counts the same whatever its length. `task_loss_weights` multiply a task's weight.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from seq2seq.padding import pad
 from seq2seq.trainer import Batch
@@ -31,9 +37,12 @@ class Encoded:
 
 class LengthGroupedBatches:
     def __init__(self, examples: list[Encoded], task_weights: dict[str, float], max_examples: int, max_tokens: int,
-                 min_examples: int, seed: int, pad_id: int):
+                 min_examples: int, seed: int, pad_id: int, loss_unit: str = "token",
+                 task_loss_weights: dict[str, float] | None = None):
         if not examples:
             raise ValueError("the mixture has no training examples")
+        if loss_unit not in ("token", "example"):
+            raise ValueError(f"data.loss_unit must be 'token' or 'example', got {loss_unit!r}")
         self.examples = examples
         self.max_examples = max_examples
         self.max_tokens = max_tokens
@@ -49,6 +58,13 @@ class LengthGroupedBatches:
             raise ValueError(f"data.task_weights names task {unknown[0]!r}, which the mixture does not have "
                              f"(tasks: {', '.join(self.by_task)})")
         self.weights = {task: task_weights.get(task, 1.0) for task in self.by_task}
+        task_loss_weights = task_loss_weights or {}
+        unknown = sorted(set(task_loss_weights) - set(self.by_task))
+        if unknown:
+            raise ValueError(f"data.task_loss_weights names task {unknown[0]!r}, which the mixture does not have "
+                             f"(tasks: {', '.join(self.by_task)})")
+        self.loss_unit = loss_unit
+        self.task_loss_weights = task_loss_weights
         self.src_lengths = np.array([len(e.src) for e in examples])
         self.tgt_lengths = np.array([len(e.tgt) for e in examples])
         self._plans: dict[int, list[np.ndarray]] = {}
@@ -120,7 +136,13 @@ class LengthGroupedBatches:
     def collate(self, examples: list[Encoded]) -> Batch:
         src, src_mask = pad([e.src for e in examples], self.pad_id)
         tgt, tgt_mask = pad([e.tgt for e in examples], self.pad_id)
-        return Batch(src, tgt[:, :-1], tgt[:, 1:], src_mask, None if tgt_mask is None else tgt_mask[:, :-1])
+        weights = None
+        if self.loss_unit == "example" or self.task_loss_weights:
+            per_token = [self.task_loss_weights.get(e.task, 1.0) / (len(e.tgt) - 1 if self.loss_unit == "example"
+                                                                    else 1) for e in examples]
+            weights = torch.tensor(per_token)[:, None].expand(len(examples), tgt.shape[1] - 1).contiguous()
+        return Batch(src, tgt[:, :-1], tgt[:, 1:], src_mask, None if tgt_mask is None else tgt_mask[:, :-1],
+                     weights)
 
     def padding_fraction(self, epoch: int = 0) -> float:
         """Share of padded positions in the source and target tensors of an epoch's batches."""

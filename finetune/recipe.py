@@ -3,13 +3,17 @@
 
 What it does, and the keys that control it:
 - Loads the pretrained checkpoint (`--from`, or `pretrained:`), model and tokenizer, and the mixture built by
-  `seq2seq data build` (`data.mixture`).
+  `seq2seq data build` (`data.mixture`). `copy_attention: true` gives the model a pointer-generator head that
+  can copy tokens of the prompt into the answer (a speaker's name out of the scene).
 - Each example's encoder input is `<task:TASK> <TONE> prompt </s>` (seq2seq.prompting.build_source; the tone
   token follows from the example's labels); the decoder learns `response </s>`; the loss covers only response
   tokens. With `data.shots: k`, a share `data.shots_probability` of the examples carry up to k demonstrations
   of the same task before the prompt (training "with exemplars" for few-shot prompting).
 - Batches group examples of similar length under a token budget (`data.max_tokens`, at most
   `train.batch_size` examples); per-task weights `data.task_weights`; label smoothing `train.label_smoothing`.
+- What the loss averages over (`data.loss_unit`): response tokens ("token"), or examples ("example": each
+  example's tokens share a weight of 1, so a one-word classification answer counts as much as a long reply);
+  per-task multipliers of the loss `data.task_loss_weights`. Val loss stays per token, unweighted.
 - Through the shared loop (seq2seq/trainer.py): val loss every `train.eval_every` steps with early stopping
   (`train.early_stopping_patience`), checkpoints, resume, TensorBoard, metrics.jsonl, Accelerate.
 - At the end: the model in `output_dir/final/` (with `inference.json`, which tells chat/classify/eval how to
@@ -40,7 +44,7 @@ from finetune.batching import Encoded, LengthGroupedBatches
 from seq2seq.checkpoint import load_pretrained
 from seq2seq.config import apply_overrides, from_dict, load_yaml, to_dict
 from seq2seq.metrics import binary_scores, exact_match, token_f1
-from seq2seq.model import Transformer
+from seq2seq.model import Transformer, with_copy_attention
 from seq2seq.prompting import build_source
 from seq2seq.trainer import Batch, TrainConfig, Trainer, make_accelerator
 
@@ -53,6 +57,8 @@ CHAT_TASK = "chat"
 class FinetuneDataConfig:
     mixture: str = "data/mixture/default"
     task_weights: dict[str, float] = field(default_factory=dict)  # per-task multipliers; unnamed tasks 1.0
+    loss_unit: str = "token"  # "token": each response token counts once; "example": each example counts once
+    task_loss_weights: dict[str, float] = field(default_factory=dict)  # per-task multipliers of the loss
     max_src_len: int = 256
     max_tgt_len: int = 128
     max_tokens: int = 6144  # padded source + target tokens per optimizer step
@@ -74,6 +80,7 @@ class FinetuneConfig:
     resume: str | None = None
     pretrained: str | None = None  # the pretrained checkpoint directory (or --from)
     dropout: float | None = None  # replaces the pretrained model's dropout when set
+    copy_attention: bool = False  # add a pointer-generator head (seq2seq.model.CopyAttention) if the model has none
     data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)
@@ -134,7 +141,8 @@ class FinetuningTask:
         encoder = ExampleEncoder(tokenizer, config.data, config.train.seed)
         self.train = LengthGroupedBatches(
             encoder.encode(train_examples, with_shots=True), config.data.task_weights, config.train.batch_size,
-            config.data.max_tokens, world_size * config.train.grad_accum_steps, config.train.seed, tokenizer.pad_id)
+            config.data.max_tokens, world_size * config.train.grad_accum_steps, config.train.seed, tokenizer.pad_id,
+            config.data.loss_unit, config.data.task_loss_weights)
         self.val = encoder.encode(val_examples, with_shots=False)
         order = np.random.default_rng(config.train.seed).permutation(len(self.val))
         self.quick_val = [self.val[i] for i in order[:config.eval.quick_examples]]
@@ -264,6 +272,8 @@ def run_finetuning(config: FinetuneConfig) -> Any:
             if isinstance(module, torch.nn.Dropout):
                 module.p = config.dropout
         model.config.dropout = config.dropout
+    if config.copy_attention:
+        model = with_copy_attention(model)
     train_examples = load_mixture(config.data.mixture, "train")
     if not train_examples:
         raise ValueError(f"{config.data.mixture}/train.jsonl has no training examples")

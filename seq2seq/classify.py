@@ -66,7 +66,8 @@ def classify(
             # position, and the decoder is causal.
             pairs = len(batch) * len(labels)
             mask = None if src_padding_mask is None else src_padding_mask.repeat_interleave(len(labels), 0)
-            logits = model.decode(tgt_in.repeat(len(batch), 1), encoder_out.repeat_interleave(len(labels), 0), mask)
+            logits = model.decode(tgt_in.repeat(len(batch), 1), encoder_out.repeat_interleave(len(labels), 0), mask,
+                                  src_ids=src_ids.repeat_interleave(len(labels), 0))
             out = tgt_out.repeat(len(batch), 1)  # (pairs, T-1)
             log_probs = F.log_softmax(logits.float(), -1).gather(-1, out[..., None]).squeeze(-1)
             scores = log_probs.masked_fill(out == tokenizer.pad_id, 0.0).sum(-1).view(pairs // len(labels), -1)

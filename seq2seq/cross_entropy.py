@@ -28,42 +28,51 @@ def linear_cross_entropy(
     label_smoothing: float = 0.0,
     reduction: Literal["mean", "sum"] = "mean",
     chunk_rows: int = CHUNK_ROWS,
+    weights: Tensor | None = None,
 ) -> Tensor:
     """`F.cross_entropy(F.linear(hidden, weight).float(), targets, label_smoothing=..., reduction=...)` for
     hidden (n, D), weight (V, D) and targets (n,) of class indices, with the same value and gradients. Matrix
     products run in the autocast dtype when autocast is on, the softmax in fp32 (fp64 for fp64 inputs). Not twice
-    differentiable."""
+    differentiable. With `weights` (n,), row i's loss counts weights[i] times, and "mean" divides by their sum
+    (as `F.cross_entropy` does with class weights); the weights get no gradient."""
     if hidden.dim() != 2 or weight.dim() != 2 or targets.shape != hidden.shape[:1]:
         raise ValueError(f"linear_cross_entropy takes hidden (n, D), weight (V, D) and targets (n,); got "
                          f"{tuple(hidden.shape)}, {tuple(weight.shape)} and {tuple(targets.shape)}")
+    if weights is not None and weights.shape != targets.shape:
+        raise ValueError(f"weights must be shaped like targets {tuple(targets.shape)}, got {tuple(weights.shape)}")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return _LinearCrossEntropy.apply(hidden, weight, targets, label_smoothing, reduction, chunk_rows)
-    return _chunked(hidden, weight, targets, label_smoothing, reduction, chunk_rows, with_grads=False)[0]
+        return _LinearCrossEntropy.apply(hidden, weight, targets, label_smoothing, reduction, chunk_rows, weights)
+    return _chunked(hidden, weight, targets, label_smoothing, reduction, chunk_rows, weights, with_grads=False)[0]
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, label_smoothing, reduction, chunk_rows):
+    def forward(ctx, hidden, weight, targets, label_smoothing, reduction, chunk_rows, weights):
         loss, grad_hidden, grad_weight = _chunked(hidden, weight, targets, label_smoothing, reduction, chunk_rows,
-                                                  with_grads=True)
+                                                  weights, with_grads=True)
         ctx.save_for_backward(grad_hidden, grad_weight)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight * grad_loss, None, None, None, None
+        return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight * grad_loss, None, None, None, None, None
 
 
 def _chunked(hidden: Tensor, weight: Tensor, targets: Tensor, label_smoothing: float, reduction: str,
-             chunk_rows: int, with_grads: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+             chunk_rows: int, weights: Tensor | None, with_grads: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
     device_type = hidden.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
     softmax_dtype = torch.promote_types(dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
     n, vocab = hidden.shape[0], weight.shape[0]
-    scale = 1.0 if reduction == "sum" else 1.0 / n if n else float("nan")
+    if reduction == "sum":
+        scale = 1.0
+    elif weights is None:
+        scale = 1.0 / n if n else float("nan")
+    else:
+        scale = 1.0 / float(weights.sum()) if n else float("nan")
     smooth = label_smoothing
     grad_hidden = torch.empty_like(hidden) if with_grads else None
     grad_weight = torch.zeros_like(weight, dtype=softmax_dtype) if with_grads else None
@@ -84,13 +93,16 @@ def _chunked(hidden: Tensor, weight: Tensor, targets: Tensor, label_smoothing: f
             losses = log_norm - target_logit
             if smooth:
                 losses = (1 - smooth) * losses + smooth * (log_norm - mean_logit)
-            total += losses.sum()
+            row_weights = None if weights is None else weights[start:start + chunk_rows].to(softmax_dtype)
+            total += losses.sum() if row_weights is None else losses @ row_weights
             if not with_grads:
                 continue
             grad_logits = probs.div_(norm)  # d loss / d logits = softmax - (1 - s) one_hot - s / V
             if smooth:
                 grad_logits.sub_(smooth / vocab)
             grad_logits[rows, y] -= 1 - smooth
+            if row_weights is not None:
+                grad_logits.mul_(row_weights[:, None])
             grad_logits = grad_logits.to(dtype)
             grad_hidden[start:start + chunk_rows] = grad_logits @ w
             if dtype == softmax_dtype:

@@ -235,13 +235,15 @@ class DecoderState:
         self.model = model
         self.encoder_out = model.encode(src_ids, src_padding_mask)  # (b, s, D)
         self.src_padding_mask = src_padding_mask
+        self.src_ids = src_ids if model.copy is not None else None  # a copying model reads them at every step
         self.cache = model.new_cache() if use_cache else None
 
     def next_logits(self, tgt_ids: Tensor) -> Tensor:
         """Logits (b, V) of the position after `tgt_ids` (b, t). With the cache only the last id is new."""
         if self.cache is None:
-            return self.model.decode(tgt_ids, self.encoder_out, self.src_padding_mask)[:, -1]
-        return self.model.decode(tgt_ids[:, -1:], self.encoder_out, self.src_padding_mask, cache=self.cache)[:, -1]
+            return self.model.decode(tgt_ids, self.encoder_out, self.src_padding_mask, src_ids=self.src_ids)[:, -1]
+        return self.model.decode(tgt_ids[:, -1:], self.encoder_out, self.src_padding_mask, cache=self.cache,
+                                 src_ids=self.src_ids)[:, -1]
 
     def select(self, index: Tensor) -> None:
         """Keep batch rows `index`, in that order (a row may repeat: one row per beam)."""
@@ -250,6 +252,8 @@ class DecoderState:
         self.encoder_out = self.encoder_out.index_select(0, index)
         if self.src_padding_mask is not None:
             self.src_padding_mask = self.src_padding_mask.index_select(0, index)
+        if self.src_ids is not None:
+            self.src_ids = self.src_ids.index_select(0, index)
 
 
 class LogitsProcessor:
@@ -341,6 +345,7 @@ class StaticDecoderState:
         src_ids = torch.cat([src_ids, src_ids.new_zeros(b, padded - s)], dim=1)  # pad ids, masked out
         self.encoder_out = model.encode(src_ids, mask)
         self.src_padding_mask = mask
+        self.src_ids = src_ids if model.copy is not None else None
         self.cache = model.new_static_cache(self.encoder_out, capacity)
         self.step = compiled_step(model)
         self.rows = torch.arange(b, device=src_ids.device)  # the compiled batch's rows that the caller still has
@@ -356,7 +361,8 @@ class StaticDecoderState:
                  else nullcontext())
         self.first_step = False
         with patch:
-            logits = self.step(self.last_ids, self.encoder_out, self.src_padding_mask, cache=self.cache)[:, -1]
+            logits = self.step(self.last_ids, self.encoder_out, self.src_padding_mask, cache=self.cache,
+                               src_ids=self.src_ids)[:, -1]
         return logits if len(self.rows) == len(logits) else logits.index_select(0, self.rows)
 
     def select(self, index: Tensor) -> None:

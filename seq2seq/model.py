@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -46,6 +46,7 @@ class ModelConfig:
     tie_embeddings: bool = True  # 3.4: encoder input, decoder input and pre-softmax share one matrix
     norm_eps: float = 1e-5
     rotary_base: float = 10000.0
+    copy_attention: bool = False  # a pointer-generator head that can copy source tokens (CopyAttention)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_heads", "n_encoder_layers", "n_decoder_layers", "d_ff",
@@ -63,6 +64,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"ModelConfig.pad_id must be in [0, vocab_size), got {self.pad_id!r}")
+        if not isinstance(self.copy_attention, bool):
+            raise ValueError(f"ModelConfig.copy_attention must be true or false, got {self.copy_attention!r}")
         if self.norm_eps <= 0 or self.rotary_base <= 0:
             raise ValueError("ModelConfig.norm_eps and ModelConfig.rotary_base must be positive")
         choices = {"norm_placement": ("post", "pre"), "norm": ("layernorm", "rmsnorm"),
@@ -514,6 +517,66 @@ class StaticLayerCache:
 # The model
 
 
+class CopyAttention(nn.Module):
+    """A pointer-generator output (See, Liu & Manning, 2017, https://arxiv.org/abs/1704.04368), not in the
+    paper: next to the vocabulary softmax, one attention head over the encoder output whose weights are a
+    distribution over source positions, and so over the tokens found there; a gate mixes the two,
+
+        p(w) = g * softmax(logits)(w) + (1 - g) * sum of attention[i] over source positions i holding w,
+
+    with g = sigmoid(linear([decoder state; attended encoder output])). Copying a name out of the prompt then
+    takes one attention pattern instead of having to bring the name's identity through cross-attention into the
+    decoder state and out of the tied vocabulary projection, which a small model fails to learn (README,
+    Fine-tuning). Returns log p, which serves wherever logits do: log_softmax leaves it unchanged.
+
+    Subword copying: a name is several tokens (PROSPERO is PR O S PER O), and having copied one the head has to
+    point at the source position after it. The attention scores get a learned bonus, `follow`, at each position
+    whose previous token is the token just written (the decoder's input at this step): a fixed pattern, like an
+    induction head's, which needs no state carried between steps, so decoding with a cache is unchanged. Without
+    it a fine-tuned model copied the right characters' names from the middle or dropped pieces (THARINA for
+    KATHARINA)."""
+
+    GATE_BIAS = 0.0  # start undecided between generating and copying
+    FOLLOW_INIT = 3.0  # a position after the token just written starts e^3 = 20 times as likely
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d_model = config.d_model
+        self.query = nn.Linear(d_model, d_model, bias=False)
+        self.key = nn.Linear(d_model, d_model, bias=False)
+        self.gate = nn.Linear(2 * d_model, 1)
+        self.follow = nn.Parameter(torch.tensor(self.FOLLOW_INIT))
+
+    def weights(self, hidden: Tensor, encoder_out: Tensor, src_ids: Tensor, tgt_ids: Tensor,
+                src_padding_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The copy attention (b, t, s) over source positions, in fp32, and the gate's logit (b, t, 1): g is its
+        sigmoid. tgt_ids (b, t) are the decoder's inputs at these steps, the tokens written before them."""
+        scores = self.query(hidden) @ self.key(encoder_out).transpose(1, 2) * hidden.shape[-1] ** -0.5
+        follows = F.pad(src_ids[:, None, :-1] == tgt_ids[:, :, None], (1, 0))  # (b, t, s): src[j - 1] == written
+        scores = scores + self.follow * follows
+        if src_padding_mask is not None:
+            scores = scores.masked_fill(src_padding_mask[:, None, :], float("-inf"))
+        attention = scores.float().softmax(-1)
+        context = attention.to(encoder_out.dtype) @ encoder_out
+        return attention, self.gate(torch.cat([hidden, context.to(hidden.dtype)], -1)).float()
+
+    def forward(self, hidden: Tensor, logits: Tensor, encoder_out: Tensor, src_ids: Tensor, tgt_ids: Tensor,
+                src_padding_mask: Tensor | None) -> Tensor:
+        """hidden (b, t, D), logits (b, t, V), encoder_out (b, s, D), src_ids (b, s), tgt_ids (b, t) -> log p
+        (b, t, V), fp32."""
+        attention, gate = self.weights(hidden, encoder_out, src_ids, tgt_ids, src_padding_mask)
+        b, t, s = attention.shape
+        copy = attention.new_zeros(b, t, logits.shape[-1]).scatter_add_(-1, src_ids[:, None, :].expand(b, t, s),
+                                                                          attention)
+        return self.mix(F.log_softmax(logits.float(), -1), copy, gate)
+
+    @staticmethod
+    def mix(log_vocab: Tensor, copy: Tensor, gate: Tensor) -> Tensor:
+        """log(g * p_vocab + (1 - g) * p_copy) from log p_vocab, p_copy and g's logit. Tokens absent from the
+        source get a copy probability of 1e-12 instead of 0 (a log of 0 has no gradient)."""
+        return torch.logaddexp(log_vocab + F.logsigmoid(gate), copy.clamp_min(1e-12).log() + F.logsigmoid(-gate))
+
+
 class Transformer(nn.Module):
     """Encoder-decoder Transformer: `encode` the source once, `decode` the target (optionally step by step
     with a `DecoderCache`), `forward` does both and returns logits (b, t, V)."""
@@ -537,6 +600,7 @@ class Transformer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
+        self.copy = CopyAttention(config) if config.copy_attention else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -565,6 +629,8 @@ class Transformer(nn.Module):
                 for layer in stack.layers:
                     for residual_out in (layer.self_attn.out_proj, layer.feed_forward.w2):
                         residual_out.weight.data.mul_(scale)
+        if self.copy is not None:
+            nn.init.constant_(self.copy.gate.bias, CopyAttention.GATE_BIAS)
 
     # -- inputs --------------------------------------------------------------------------------------------
 
@@ -603,16 +669,24 @@ class Transformer(nn.Module):
         tgt_padding_mask: Tensor | None = None,
         cache: DecoderCache | None = None,
         return_hidden: bool = False,
+        src_ids: Tensor | None = None,
     ) -> Tensor:
         """tgt_ids (b, t) -> logits (b, t, V), or the final hidden states (b, t, D) with return_hidden.
-        With a cache, tgt_ids are the next positions after those already decoded into it."""
+        With a cache, tgt_ids are the next positions after those already decoded into it. A model with
+        `copy_attention` needs the source ids too, and returns log-probabilities (which serve as logits)."""
         self.check_ids(tgt_ids, "tgt_ids")
         if cache is not None and tgt_padding_mask is not None:
             raise ValueError("tgt_padding_mask is not supported with a cache: decode step by step without padding")
         offset = cache.length if cache is not None else 0
         x = self.embed(tgt_ids, self.tgt_embed, self.tgt_pos, offset)
         hidden = self.decoder(x, encoder_out, src_padding_mask, tgt_padding_mask, self.rotary, cache)
-        return hidden if return_hidden else self.project(hidden)
+        if return_hidden:
+            return hidden
+        if self.copy is None:
+            return self.project(hidden)
+        if src_ids is None:
+            raise ValueError("this model copies from its source (copy_attention): decode needs src_ids")
+        return self.copy(hidden, self.project(hidden), encoder_out, src_ids, tgt_ids, src_padding_mask)
 
     @property
     def output_weight(self) -> Tensor:
@@ -647,7 +721,7 @@ class Transformer(nn.Module):
     ) -> Tensor:
         """Teacher-forced logits (b, t, V) for target ids given source ids."""
         encoder_out = self.encode(src_ids, src_padding_mask)
-        return self.decode(tgt_ids, encoder_out, src_padding_mask, tgt_padding_mask)
+        return self.decode(tgt_ids, encoder_out, src_padding_mask, tgt_padding_mask, src_ids=src_ids)
 
     def loss(
         self,
@@ -658,15 +732,30 @@ class Transformer(nn.Module):
         tgt_padding_mask: Tensor | None = None,
         label_smoothing: float = 0.0,
         reduction: Literal["mean", "sum"] = "mean",
+        weights: Tensor | None = None,
     ) -> Tensor:
-        """Cross-entropy of tgt_out given (src_ids, tgt_in), over positions where tgt_out is not pad.
+        """Cross-entropy of tgt_out given (src_ids, tgt_in), over positions where tgt_out is not pad; with
+        `weights` (shaped like tgt_out) each position's loss is weighted, and "mean" divides by their sum.
         Only those positions go through the output projection, which is most of the compute at small D, and
         the projection and the loss run fused in chunks of rows (`linear_cross_entropy`), never holding all the
         logits (5.4: the paper trains with label smoothing 0.1)."""
         encoder_out = self.encode(src_ids, src_padding_mask)
-        hidden = self.decode(tgt_in, encoder_out, src_padding_mask, tgt_padding_mask, return_hidden=True)
         keep = tgt_out != self.config.pad_id
-        return linear_cross_entropy(hidden[keep], self.output_weight, tgt_out[keep], label_smoothing, reduction)
+        weights = None if weights is None else weights[keep]
+        if self.copy is not None and label_smoothing:  # smoothing needs the mixture's whole distribution
+            log_probs = self.decode(tgt_in, encoder_out, src_padding_mask, tgt_padding_mask, src_ids=src_ids)[keep]
+            return nll_loss(log_probs, tgt_out[keep], label_smoothing, reduction, weights)
+        hidden = self.decode(tgt_in, encoder_out, src_padding_mask, tgt_padding_mask, return_hidden=True)
+        if self.copy is not None:  # only each target's probability: no (rows, vocabulary) copy distribution
+            attention, gate = self.copy.weights(hidden, encoder_out, src_ids, tgt_in, src_padding_mask)
+            targets = tgt_out[keep]
+            log_vocab = -F.cross_entropy(self.project(hidden[keep]).float(), targets, reduction="none")
+            rows = keep.nonzero()[:, 0]
+            copy = (attention[keep] * (src_ids[rows] == targets[:, None])).sum(-1)
+            log_probs = CopyAttention.mix(log_vocab, copy, gate[keep][:, 0])
+            return nll_loss(log_probs[:, None], torch.zeros_like(targets), 0.0, reduction, weights)
+        return linear_cross_entropy(hidden[keep], self.output_weight, tgt_out[keep], label_smoothing, reduction,
+                                    weights=weights)
 
     # -- checkpoints -------------------------------------------------------------------------------------------
 
@@ -683,6 +772,34 @@ class Transformer(nn.Module):
         from seq2seq.checkpoint import load_model
 
         return load_model(directory, device)
+
+
+def nll_loss(log_probs: Tensor, targets: Tensor, label_smoothing: float, reduction: str,
+             weights: Tensor | None) -> Tensor:
+    """`linear_cross_entropy`'s loss from log-probabilities (n, V): the negative log-likelihood, smoothed
+    towards the uniform distribution, weighted per row, summed or averaged (over the weights' sum)."""
+    losses = -log_probs.gather(-1, targets[:, None]).squeeze(-1)
+    if label_smoothing:
+        losses = (1 - label_smoothing) * losses - label_smoothing * log_probs.mean(-1)
+    if weights is not None:
+        losses = losses * weights
+    total = losses.sum()
+    if reduction == "sum":
+        return total
+    return total / (weights.sum() if weights is not None else len(losses))
+
+
+def with_copy_attention(model: Transformer) -> Transformer:
+    """The model with a new `CopyAttention` head and every other weight kept: for fine-tuning a pretrained model
+    that has none. At first the head's gate mixes the pretrained model's distribution half and half with a copy
+    distribution over the source."""
+    if model.copy is not None:
+        return model
+    parameter = next(model.parameters())
+    copying = Transformer(replace(model.config, copy_attention=True)).to(parameter.device, parameter.dtype)
+    result = copying.load_state_dict(model.state_dict(), strict=False)
+    assert not result.unexpected_keys and all(k.startswith("copy.") for k in result.missing_keys), result
+    return copying.train(model.training)
 
 
 def count_parameters(config: ModelConfig) -> int:
@@ -702,4 +819,6 @@ def count_parameters(config: ModelConfig) -> int:
         total += 2 * config.max_seq_len * D
     if config.norm_placement == "pre":
         total += 2 * norm
+    if config.copy_attention:
+        total += 2 * D * D + 2 * D + 2  # query, key, gate and follow
     return total

@@ -94,9 +94,19 @@ class Batch:
     tgt_out: torch.Tensor
     src_padding_mask: torch.Tensor | None = None
     tgt_padding_mask: torch.Tensor | None = None
+    tgt_weights: torch.Tensor | None = None  # each target position's weight in the loss; None: 1 where not pad
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(*(None if t is None else t.to(device, non_blocking=True) for t in dataclasses.astuple(self)))
+        # Not dataclasses.astuple, which deep-copies every tensor.
+        return Batch(*(None if t is None else t.to(device, non_blocking=True)
+                       for t in (getattr(self, f.name) for f in dataclasses.fields(self))))
+
+    def loss_weight(self, pad_id: int) -> torch.Tensor:
+        """What the summed loss of this batch is divided by, summed over the global batch: its target tokens, or
+        the sum of their weights."""
+        if self.tgt_weights is None:
+            return (self.tgt_out != pad_id).sum().float()
+        return self.tgt_weights.masked_fill(self.tgt_out == pad_id, 0.0).sum().float()
 
     def num_tokens(self) -> int:
         """Source plus target tokens that are not padding (the tokens/s figure counts these)."""
@@ -351,10 +361,10 @@ class Trainer:
         accelerator = self.accelerator
         batches = [b.to(accelerator.device) for b in self.task.batches(
             self.step, accelerator.process_index, accelerator.num_processes, self.config.grad_accum_steps)]
-        counts = torch.tensor([float((b.tgt_out != self.bare_model.config.pad_id).sum()) for b in batches],
-                              device=accelerator.device)
+        counts = torch.stack([b.loss_weight(self.bare_model.config.pad_id) for b in batches])
         global_targets = accelerator.reduce(counts.sum(), reduction="sum")
-        # DDP averages gradients over processes; scale so the result is the sum over the global batch / its tokens.
+        # DDP averages gradients over processes; scale so the result is the sum over the global batch / its tokens
+        # (or their summed weights).
         scale = accelerator.num_processes / global_targets
         self.model.train()
         loss_sum = torch.zeros((), device=accelerator.device)
@@ -502,7 +512,7 @@ class SequenceLoss(torch.nn.Module):
 
     def forward(self, batch: Batch, label_smoothing: float) -> torch.Tensor:
         return self.model.loss(batch.src_ids, batch.tgt_in, batch.tgt_out, batch.src_padding_mask,
-                               batch.tgt_padding_mask, label_smoothing, reduction="sum")
+                               batch.tgt_padding_mask, label_smoothing, reduction="sum", weights=batch.tgt_weights)
 
 
 def _flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -28,6 +28,30 @@ def test_value_and_gradients_equal_unfused(label_smoothing, reduction):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_row_weights_equal_weighted_unfused(label_smoothing, reduction):
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (37,))
+    row_weights = torch.rand(37, dtype=torch.float64) * 3
+    losses = reference(hidden, weight, targets, label_smoothing, "none")
+    expected = (losses * row_weights).sum() / (row_weights.sum() if reduction == "mean" else 1)
+    expected_grads = torch.autograd.grad(expected, (hidden, weight))
+    fused = linear_cross_entropy(hidden, weight, targets, label_smoothing, reduction, chunk_rows=8,
+                                 weights=row_weights)
+    fused_grads = torch.autograd.grad(fused, (hidden, weight))
+    torch.testing.assert_close(fused, expected, rtol=1e-6, atol=1e-6)
+    for got, want in zip(fused_grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(hidden, weight, targets, label_smoothing, reduction,
+                                                        chunk_rows=8, weights=row_weights), expected.detach())
+    with pytest.raises(ValueError, match="weights must be shaped like targets"):
+        linear_cross_entropy(hidden, weight, targets, weights=row_weights[:5])
+
+
 def test_gradient_only_where_required_and_no_graph_without_grad():
     torch.manual_seed(0)
     hidden, weight = torch.randn(10, 8), torch.randn(12, 8, requires_grad=True)

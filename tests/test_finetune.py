@@ -88,6 +88,41 @@ def test_a_step_batch_is_fixed_and_splits_over_processes():
     assert rows == len(whole)
 
 
+def test_example_loss_unit_gives_every_example_the_same_weight():
+    examples = encoded_examples([(6, 3), (6, 12)], "is_sarcastic") + encoded_examples([(6, 30)], "chat")
+    tokens = LengthGroupedBatches(examples, {}, 8, 4096, 1, seed=0, pad_id=0)
+    assert tokens.collate(examples).tgt_weights is None  # every token once: the plain per-token mean
+    by_example = LengthGroupedBatches(examples, {}, 8, 4096, 1, seed=0, pad_id=0, loss_unit="example")
+    batch = by_example.collate(examples)
+    real = batch.tgt_out != 0
+    per_example = (batch.tgt_weights * real).sum(1)
+    torch.testing.assert_close(per_example, torch.ones(3))  # 2, 11 and 29 targets, one unit of weight each
+    assert float(batch.loss_weight(pad_id=0)) == pytest.approx(3.0)
+    weighted = LengthGroupedBatches(examples, {}, 8, 4096, 1, seed=0, pad_id=0, loss_unit="example",
+                                    task_loss_weights={"chat": 2.0})
+    torch.testing.assert_close((weighted.collate(examples).tgt_weights * real).sum(1), torch.tensor([1.0, 1, 2]))
+    with pytest.raises(ValueError, match="loss_unit"):
+        LengthGroupedBatches(examples, {}, 8, 4096, 1, seed=0, pad_id=0, loss_unit="sentence")
+    with pytest.raises(ValueError, match="task_loss_weights names task 'jokes'"):
+        LengthGroupedBatches(examples, {}, 8, 4096, 1, seed=0, pad_id=0, task_loss_weights={"jokes": 2.0})
+
+
+def test_weighted_loss_is_the_mean_of_per_example_means():
+    torch.manual_seed(0)
+    examples = encoded_examples([(6, 3), (5, 9), (7, 20)], "chat")
+    batch = LengthGroupedBatches(examples, {}, 8, 4096, 1, seed=0, pad_id=0, loss_unit="example").collate(examples)
+    model = Transformer(ModelConfig(vocab_size=16, d_model=16, n_heads=2, n_encoder_layers=1, n_decoder_layers=1,
+                                    d_ff=32, dropout=0.0, max_seq_len=32, pad_id=0)).eval()
+    weighted = model.loss(batch.src_ids, batch.tgt_in, batch.tgt_out, batch.src_padding_mask,
+                          batch.tgt_padding_mask, weights=batch.tgt_weights)
+    each = [model.loss(*(t[i:i + 1] for t in (batch.src_ids, batch.tgt_in, batch.tgt_out)),
+                       batch.src_padding_mask[i:i + 1], batch.tgt_padding_mask[i:i + 1]) for i in range(3)]
+    torch.testing.assert_close(weighted, torch.stack(each).mean())
+    unweighted = model.loss(batch.src_ids, batch.tgt_in, batch.tgt_out, batch.src_padding_mask,
+                            batch.tgt_padding_mask)
+    assert not torch.allclose(weighted, unweighted)  # the long example dominates the per-token mean
+
+
 def test_each_epoch_is_planned_once_when_stepping_through_them(monkeypatch):
     lengths = [(10 + i % 7, 5 + i % 3) for i in range(100)]
     batches = LengthGroupedBatches(encoded_examples(lengths), {}, 8, 4096, 1, seed=1, pad_id=0)

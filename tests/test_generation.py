@@ -307,7 +307,7 @@ class ScriptedModel(Transformer):
         self.script = script
 
     def decode(self, tgt_ids, encoder_out, src_padding_mask=None, tgt_padding_mask=None, cache=None,
-               return_hidden=False):
+               return_hidden=False, src_ids=None):
         b, t = tgt_ids.shape
         position = (cache.length if cache is not None else 0) + t - 1  # the index of the token to write next
         if cache is not None:

@@ -6,7 +6,14 @@ import itertools
 import pytest
 import torch
 
-from seq2seq.model import ModelConfig, SublayerConnection, Transformer, count_parameters
+from seq2seq.model import (
+    CopyAttention,
+    ModelConfig,
+    SublayerConnection,
+    Transformer,
+    count_parameters,
+    with_copy_attention,
+)
 
 POSITIONS = ["sinusoidal", "learned", "rotary"]
 
@@ -30,8 +37,9 @@ def random_ids(b: int, n: int, seed: int, low: int = 1, high: int = 50) -> torch
 
 @pytest.mark.parametrize("positions", POSITIONS)
 @pytest.mark.parametrize("norm_placement", ["post", "pre"])
-def test_decoder_is_causal(positions, norm_placement):
-    model = tiny_model(positions=positions, norm_placement=norm_placement)
+@pytest.mark.parametrize("copy", [False, True])
+def test_decoder_is_causal(positions, norm_placement, copy):
+    model = tiny_model(positions=positions, norm_placement=norm_placement, copy_attention=copy)
     src, tgt = random_ids(2, 7, 1), random_ids(2, 9, 2)
     changed = tgt.clone()
     t = 4
@@ -43,8 +51,9 @@ def test_decoder_is_causal(positions, norm_placement):
 
 
 @pytest.mark.parametrize("positions", POSITIONS)
-def test_padding_changes_no_real_logit(positions):
-    model = tiny_model(positions=positions)
+@pytest.mark.parametrize("copy", [False, True])
+def test_padding_changes_no_real_logit(positions, copy):
+    model = tiny_model(positions=positions, copy_attention=copy)
     src, tgt = random_ids(2, 6, 1), random_ids(2, 5, 2)
     with torch.no_grad():
         reference = model(src, tgt)
@@ -55,8 +64,9 @@ def test_padding_changes_no_real_logit(positions):
 
 
 @pytest.mark.parametrize("positions", POSITIONS)
-def test_mixed_length_batch_equals_each_example_alone(positions):
-    model = tiny_model(positions=positions)
+@pytest.mark.parametrize("copy", [False, True])
+def test_mixed_length_batch_equals_each_example_alone(positions, copy):
+    model = tiny_model(positions=positions, copy_attention=copy)
     lengths = [(3, 8), (9, 2), (6, 5)]
     examples = [(random_ids(1, s, 10 + i), random_ids(1, t, 20 + i)) for i, (s, t) in enumerate(lengths)]
     s_max, t_max = max(s for s, _ in lengths), max(t for _, t in lengths)
@@ -83,8 +93,9 @@ def test_cross_attention_is_live():
 
 @pytest.mark.parametrize("positions", POSITIONS)
 @pytest.mark.parametrize("norm_placement", ["post", "pre"])
-def test_cached_decoding_equals_full_forward(positions, norm_placement):
-    model = tiny_model(positions=positions, norm_placement=norm_placement)
+@pytest.mark.parametrize("copy", [False, True])
+def test_cached_decoding_equals_full_forward(positions, norm_placement, copy):
+    model = tiny_model(positions=positions, norm_placement=norm_placement, copy_attention=copy)
     src, tgt = random_ids(3, 7, 1), random_ids(3, 10, 2)
     src[1, 5:] = 0  # a padded source row
     src_mask = src == 0
@@ -92,7 +103,8 @@ def test_cached_decoding_equals_full_forward(positions, norm_placement):
         full = model(src, tgt, src_padding_mask=src_mask)
         memory = model.encode(src, src_mask)
         cache = model.new_cache()
-        steps = [model.decode(tgt[:, i:i + 1], memory, src_mask, cache=cache) for i in range(tgt.shape[1])]
+        steps = [model.decode(tgt[:, i:i + 1], memory, src_mask, cache=cache, src_ids=src)
+                 for i in range(tgt.shape[1])]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
     # Cross-attention keys/values were computed once and kept.
     assert all(layer.cross_kv is not None for layer in cache.layers)
@@ -101,10 +113,11 @@ def test_cached_decoding_equals_full_forward(positions, norm_placement):
 
 @pytest.mark.parametrize("positions", ["sinusoidal", "rotary", "learned"])
 @pytest.mark.parametrize("norm_placement", ["post", "pre"])
-def test_static_cache_decoding_equals_full_forward(positions, norm_placement):
+@pytest.mark.parametrize("copy", [False, True])
+def test_static_cache_decoding_equals_full_forward(positions, norm_placement, copy):
     """The compiled decoding path's cache (fixed-size buffers, position as a tensor), run eagerly, in steps
     of one position and then of several."""
-    model = tiny_model(positions=positions, norm_placement=norm_placement)
+    model = tiny_model(positions=positions, norm_placement=norm_placement, copy_attention=copy)
     src, tgt = random_ids(3, 7, 1), random_ids(3, 10, 2)
     src[1, 5:] = 0
     src_mask = src == 0
@@ -112,8 +125,8 @@ def test_static_cache_decoding_equals_full_forward(positions, norm_placement):
         full = model(src, tgt, src_padding_mask=src_mask)
         memory = model.encode(src, src_mask)
         cache = model.new_static_cache(memory, capacity=16)
-        steps = [model.decode(tgt[:, i:i + 1], memory, src_mask, cache=cache) for i in range(6)]
-        steps.append(model.decode(tgt[:, 6:], memory, src_mask, cache=cache))
+        steps = [model.decode(tgt[:, i:i + 1], memory, src_mask, cache=cache, src_ids=src) for i in range(6)]
+        steps.append(model.decode(tgt[:, 6:], memory, src_mask, cache=cache, src_ids=src))
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
     assert cache.length.tolist() == [tgt.shape[1]]
     assert cache.layers[0].self_k.shape == (3, 4, 16, 8)  # the buffers never grew
@@ -171,7 +184,7 @@ OPTION_GRID = list(itertools.product(["post", "pre"], ["layernorm", "rmsnorm"], 
 @pytest.mark.parametrize("placement,norm,positions,activation,tied", OPTION_GRID)
 def test_every_option_builds_counts_and_trains(placement, norm, positions, activation, tied):
     config = tiny_config(norm_placement=placement, norm=norm, positions=positions, activation=activation,
-                         tie_embeddings=tied)
+                         tie_embeddings=tied, copy_attention=tied and positions == "rotary")
     torch.manual_seed(0)
     model = Transformer(config).train()
     assert model.num_parameters() == count_parameters(config)
@@ -272,3 +285,117 @@ def test_learned_positions_reject_long_sequences():
     # Sinusoidal positions extend past max_seq_len.
     model = tiny_model(positions="sinusoidal", max_seq_len=8)
     assert model(random_ids(1, 12, 1), random_ids(1, 12, 2)).shape == (1, 12, 50)
+
+
+# -- copy attention (pointer-generator) ------------------------------------------------------------------------
+
+
+def test_copy_distribution_is_the_attention_summed_over_each_source_token():
+    model = tiny_model(copy_attention=True)
+    src = torch.tensor([[7, 9, 7, 12, 3, 0, 0]])  # token 7 twice; two padding positions
+    mask = src == 0
+    tgt = random_ids(1, 4, 2)
+    with torch.no_grad():
+        torch.nn.init.constant_(model.copy.gate.bias, -40.0)  # copy only
+        log_probs = model(src, tgt, src_padding_mask=mask)
+        probs = log_probs.exp()
+        torch.testing.assert_close(probs.sum(-1), torch.ones(1, 4), atol=1e-4, rtol=0)
+        assert probs[..., [3, 7, 9, 12]].sum(-1).min() > 0.999  # all mass on the real source tokens
+        hidden = model.decode(tgt, model.encode(src, mask), mask, return_hidden=True)
+        scores = model.copy.query(hidden) @ model.copy.key(model.encode(src, mask)).transpose(1, 2) / 32 ** 0.5
+        scores[:, :, 1:] += CopyAttention.FOLLOW_INIT * (src[:, None, :-1] == tgt[:, :, None])
+        attention = scores.masked_fill(mask[:, None], float("-inf")).softmax(-1)
+        torch.testing.assert_close(probs[..., 7], attention[..., 0] + attention[..., 2], atol=1e-5, rtol=0)
+        torch.nn.init.constant_(model.copy.gate.bias, 40.0)  # generate only: the vocabulary softmax
+        logits = model.project(hidden)
+        torch.testing.assert_close(model(src, tgt, src_padding_mask=mask), logits.log_softmax(-1), atol=1e-5,
+                                   rtol=0)
+
+
+def test_copying_goes_on_after_the_token_just_written():
+    """With content scores all equal, the copy attention after writing token 9 is on the token after the 9 in the
+    source: how a name of several tokens is copied whole."""
+    model = tiny_model(copy_attention=True)
+    src = torch.tensor([[5, 9, 12, 7, 30, 9, 14]])  # 9 twice: after it come 12 and 14
+    with torch.no_grad():
+        torch.nn.init.zeros_(model.copy.query.weight)
+        torch.nn.init.constant_(model.copy.gate.bias, -40.0)
+        probs = model(src, torch.tensor([[3, 9]]))[0, 1].exp()  # the step after writing 9
+    follow = torch.tensor(CopyAttention.FOLLOW_INIT).exp()
+    expected = follow / (2 * follow + 5)  # two following positions boosted, five not
+    torch.testing.assert_close(probs[[12, 14]], torch.stack([expected, expected]), atol=1e-5, rtol=0)
+    assert probs[[5, 7, 30]].max() < probs[12] / 10
+
+
+def test_adding_copy_attention_keeps_the_pretrained_weights():
+    model = tiny_model(positions="rotary")
+    copying = with_copy_attention(model)
+    assert copying.copy is not None and with_copy_attention(copying) is copying
+    assert copying.num_parameters() == count_parameters(copying.config) > model.num_parameters()
+    assert copying.copy.gate.bias.item() == CopyAttention.GATE_BIAS
+    src, tgt = random_ids(2, 6, 1), random_ids(2, 5, 2)
+    with torch.no_grad():
+        torch.nn.init.constant_(copying.copy.gate.bias, 40.0)
+        torch.testing.assert_close(copying(src, tgt), model(src, tgt).log_softmax(-1), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="needs src_ids"):
+        copying.decode(tgt, copying.encode(src))
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_copy_loss_is_the_smoothed_weighted_nll_of_the_mixture(label_smoothing):
+    model = tiny_model(copy_attention=True)
+    src, tgt = random_ids(2, 5, 1), random_ids(2, 6, 2)
+    out = tgt[:, 1:].clone()
+    out[0, 3:] = 0
+    weights = torch.rand(out.shape)
+    with torch.no_grad():
+        keep = out != 0
+        log_probs = model(src, tgt[:, :-1])[keep]
+        nll = -log_probs.gather(1, out[keep][:, None]).squeeze(1)
+        smoothed = (1 - label_smoothing) * nll - label_smoothing * log_probs.mean(-1)
+        expected = (smoothed * weights[keep]).sum() / weights[keep].sum()
+        got = model.loss(src, tgt[:, :-1], out, label_smoothing=label_smoothing, weights=weights)
+        summed = model.loss(src, tgt[:, :-1], out, label_smoothing=label_smoothing, reduction="sum")
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(summed, smoothed.sum())
+    # Without smoothing the loss reads only each target's probability; its gradients are the whole mixture's.
+    fast = torch.autograd.grad(model.loss(src, tgt[:, :-1], out, label_smoothing=label_smoothing),
+                               list(model.parameters()))
+    log_probs = model(src, tgt[:, :-1])[keep]
+    full = -(1 - label_smoothing) * log_probs.gather(1, out[keep][:, None]).mean() \
+        - label_smoothing * log_probs.mean(-1).mean()
+    for got_grad, want in zip(fast, torch.autograd.grad(full, list(model.parameters()))):
+        torch.testing.assert_close(got_grad, want, atol=1e-5, rtol=1e-4)
+
+
+def copy_task(n: int, seed: int, low: int, high: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sources of 6 tokens from [low, high) after a marker (1) at a random position; the answer is the token
+    after the marker, then end (2)."""
+    generator = torch.Generator().manual_seed(seed)
+    src = torch.randint(low, high, (n, 8), generator=generator)
+    at = torch.randint(0, 6, (n,), generator=generator)
+    src[torch.arange(n), at] = 1
+    answer = src[torch.arange(n), at + 1]
+    tgt = torch.stack([torch.full((n,), 3), answer, torch.full((n,), 2)], 1)  # 3: begin
+    return src, tgt
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_copy_attention_copies_tokens_never_seen_as_answers(copy):
+    """Trained to answer the token after a marker, with tokens 4-39 only, then asked about tokens 40-49: the
+    copying model reads them off the source most of the time; the plain model, whose output layer never learned
+    to produce them, never does (as test speakers come from plays that train never saw)."""
+    torch.manual_seed(0)
+    model = Transformer(tiny_config(d_model=64, d_ff=128, norm_placement="pre", copy_attention=copy)).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(150):
+        src, tgt = copy_task(64, step, 4, 40)
+        loss = model.loss(src, tgt[:, :-1], tgt[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    src, tgt = copy_task(256, 10_000, 40, 50)
+    with torch.no_grad():
+        predicted = model.eval()(src, tgt[:, :-1])[:, 0].argmax(-1)
+    accuracy = (predicted == tgt[:, 1]).float().mean().item()
+    assert accuracy > 0.5 if copy else accuracy < 0.05
