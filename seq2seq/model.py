@@ -749,6 +749,8 @@ class Transformer(nn.Module):
         if self.copy is not None:  # only each target's probability: no (rows, vocabulary) copy distribution
             attention, gate = self.copy.weights(hidden, encoder_out, src_ids, tgt_in, src_padding_mask)
             targets = tgt_out[keep]
+            # Unfused: at fine-tuning's few target rows a chunked, recomputing version was slower (143 against
+            # 135 ms a step).
             log_vocab = -F.cross_entropy(self.project(hidden[keep]).float(), targets, reduction="none")
             rows = keep.nonzero()[:, 0]
             copy = (attention[keep] * (src_ids[rows] == targets[:, None])).sum(-1)
