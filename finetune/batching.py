@@ -138,11 +138,15 @@ class LengthGroupedBatches:
         tgt, tgt_mask = pad([e.tgt for e in examples], self.pad_id)
         weights = None
         if self.loss_unit == "example" or self.task_loss_weights:
-            per_token = [self.task_loss_weights.get(e.task, 1.0) / (len(e.tgt) - 1 if self.loss_unit == "example"
-                                                                    else 1) for e in examples]
-            weights = torch.tensor(per_token)[:, None].expand(len(examples), tgt.shape[1] - 1).contiguous()
+            per_token = torch.tensor([self.token_weight(e) for e in examples])
+            weights = per_token[:, None].expand(len(examples), tgt.shape[1] - 1).contiguous()
         return Batch(src, tgt[:, :-1], tgt[:, 1:], src_mask, None if tgt_mask is None else tgt_mask[:, :-1],
                      weights)
+
+    def token_weight(self, example: Encoded) -> float:
+        """The loss weight of each of the example's target tokens (its response and </s>)."""
+        weight = self.task_loss_weights.get(example.task, 1.0)
+        return weight / (len(example.tgt) - 1) if self.loss_unit == "example" else weight
 
     def padding_fraction(self, epoch: int = 0) -> float:
         """Share of padded positions in the source and target tensors of an epoch's batches."""

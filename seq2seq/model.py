@@ -738,7 +738,8 @@ class Transformer(nn.Module):
         `weights` (shaped like tgt_out) each position's loss is weighted, and "mean" divides by their sum.
         Only those positions go through the output projection, which is most of the compute at small D, and
         the projection and the loss run fused in chunks of rows (`linear_cross_entropy`), never holding all the
-        logits (5.4: the paper trains with label smoothing 0.1)."""
+        logits (5.4: the paper trains with label smoothing 0.1). With a copy head the loss is that of its
+        mixture (`CopyAttention`)."""
         encoder_out = self.encode(src_ids, src_padding_mask)
         keep = tgt_out != self.config.pad_id
         weights = None if weights is None else weights[keep]
@@ -754,8 +755,7 @@ class Transformer(nn.Module):
             log_vocab = -F.cross_entropy(self.project(hidden[keep]).float(), targets, reduction="none")
             rows = keep.nonzero()[:, 0]
             copy = (attention[keep] * (src_ids[rows] == targets[:, None])).sum(-1)
-            log_probs = CopyAttention.mix(log_vocab, copy, gate[keep][:, 0])
-            return nll_loss(log_probs[:, None], torch.zeros_like(targets), 0.0, reduction, weights)
+            return reduce_losses(-CopyAttention.mix(log_vocab, copy, gate[keep][:, 0]), reduction, weights)
         return linear_cross_entropy(hidden[keep], self.output_weight, tgt_out[keep], label_smoothing, reduction,
                                     weights=weights)
 
@@ -783,12 +783,15 @@ def nll_loss(log_probs: Tensor, targets: Tensor, label_smoothing: float, reducti
     losses = -log_probs.gather(-1, targets[:, None]).squeeze(-1)
     if label_smoothing:
         losses = (1 - label_smoothing) * losses - label_smoothing * log_probs.mean(-1)
-    if weights is not None:
-        losses = losses * weights
-    total = losses.sum()
+    return reduce_losses(losses, reduction, weights)
+
+
+def reduce_losses(losses: Tensor, reduction: str, weights: Tensor | None) -> Tensor:
+    """The sum of per-row losses (n,), each times its weight, or their mean over the weights' sum."""
+    total = losses.sum() if weights is None else losses @ weights.to(losses.dtype)
     if reduction == "sum":
         return total
-    return total / (weights.sum() if weights is not None else len(losses))
+    return total / (len(losses) if weights is None else weights.sum())
 
 
 def with_copy_attention(model: Transformer) -> Transformer:
