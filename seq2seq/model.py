@@ -545,7 +545,7 @@ class CopyAttention(nn.Module):
         self.query = nn.Linear(d_model, d_model, bias=False)
         self.key = nn.Linear(d_model, d_model, bias=False)
         self.gate = nn.Linear(2 * d_model, 1)
-        self.follow = nn.Parameter(torch.tensor(self.FOLLOW_INIT))
+        self.follow = nn.Parameter(torch.tensor(0.0))  # set by Transformer.reset_parameters
 
     def weights(self, hidden: Tensor, encoder_out: Tensor, src_ids: Tensor, tgt_ids: Tensor,
                 src_padding_mask: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -631,6 +631,7 @@ class Transformer(nn.Module):
                         residual_out.weight.data.mul_(scale)
         if self.copy is not None:
             nn.init.constant_(self.copy.gate.bias, CopyAttention.GATE_BIAS)
+            nn.init.constant_(self.copy.follow, CopyAttention.FOLLOW_INIT)
 
     # -- inputs --------------------------------------------------------------------------------------------
 

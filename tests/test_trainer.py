@@ -102,6 +102,27 @@ def test_resumed_run_logs_the_same_losses(tmp_path):
     assert all(torch.equal(a[name], b[name]) for name in a)
 
 
+class WeightedCopyTask(CopyTask):
+    """CopyTask with every target position weighted `weight` in the loss."""
+
+    def __init__(self, batch_size: int, weight: float):
+        super().__init__(batch_size)
+        self.weight = weight
+
+    def batches(self, step, rank, world_size, accum_steps):
+        return [Batch(b.src_ids, b.tgt_in, b.tgt_out, tgt_weights=torch.full(b.tgt_out.shape, self.weight))
+                for b in super().batches(step, rank, world_size, accum_steps)]
+
+
+def test_loss_is_divided_by_the_summed_weights_of_the_global_batch(tmp_path):
+    plain = Trainer(train_config(), make_model(), CopyTask(4), tmp_path / "plain", log=False)
+    plain.fit()
+    weighted = Trainer(train_config(), make_model(), WeightedCopyTask(4, 2.0), tmp_path / "weighted", log=False)
+    weighted.fit()
+    expected = losses(tmp_path / "plain")
+    assert losses(tmp_path / "weighted") == pytest.approx(expected, rel=1e-5)  # a weighted mean, not doubled
+
+
 def test_ctrl_c_saves_and_resume_continues_exactly(tmp_path):
     reference = Trainer(train_config(), make_model(), CopyTask(4), tmp_path / "ref", log=False)
     reference.fit()
