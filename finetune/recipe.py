@@ -4,7 +4,9 @@
 What it does, and the keys that control it:
 - Loads the pretrained checkpoint (`--from`, or `pretrained:`), model and tokenizer, and the mixture built by
   `seq2seq data build` (`data.mixture`). `copy_attention: true` gives the model a pointer-generator head that
-  can copy tokens of the prompt into the answer (a speaker's name out of the scene).
+  can copy tokens of the prompt into the answer (a speaker's name out of the scene). `source_ngrams: {orders:
+  [2]}` adds hashed n-gram embeddings to its encoder input (seq2seq.model.NGramEmbedding): bigrams of the
+  tokenizer's pieces, which the classifiers read as a linear model reads its n-gram features.
 - Each example's encoder input is `<task:TASK> <TONE> prompt </s>` (seq2seq.prompting.build_source; the tone
   token follows from the example's labels); the decoder learns `response </s>`; the loss covers only response
   tokens. With `data.shots: k`, a share `data.shots_probability` of the examples carry up to k demonstrations
@@ -44,7 +46,7 @@ from finetune.batching import Encoded, LengthGroupedBatches
 from seq2seq.checkpoint import load_pretrained
 from seq2seq.config import apply_overrides, from_dict, load_yaml, to_dict
 from seq2seq.metrics import binary_scores, exact_match, token_f1
-from seq2seq.model import Transformer, with_copy_attention
+from seq2seq.model import Transformer, with_copy_attention, with_source_ngrams
 from seq2seq.prompting import build_source
 from seq2seq.trainer import Batch, TrainConfig, Trainer, make_accelerator
 
@@ -67,6 +69,13 @@ class FinetuneDataConfig:
 
 
 @dataclass
+class SourceNGramsConfig:
+    orders: list[int] = field(default_factory=list)  # n-gram orders to add, e.g. [1, 2]; [] adds none
+    buckets: int = 32768  # rows of each hashed table (orders above 1; order 1 has a row per token)
+    dropout: float = 0.5  # each position's n-gram vector is dropped with this probability in training
+
+
+@dataclass
 class FinetuneEvalConfig:
     quick_examples: int = 512  # val examples in the frequent evaluations; the final one uses all
     test_limit: int | None = 300  # test examples per (source, task) group in eval.json; None: all
@@ -81,6 +90,7 @@ class FinetuneConfig:
     pretrained: str | None = None  # the pretrained checkpoint directory (or --from)
     dropout: float | None = None  # replaces the pretrained model's dropout when set
     copy_attention: bool = False  # add a pointer-generator head (seq2seq.model.CopyAttention) if the model has none
+    source_ngrams: SourceNGramsConfig = field(default_factory=SourceNGramsConfig)  # hashed n-gram embeddings
     data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)
@@ -274,6 +284,9 @@ def run_finetuning(config: FinetuneConfig) -> Any:
         model.config.dropout = config.dropout
     if config.copy_attention:
         model = with_copy_attention(model)
+    if config.source_ngrams.orders:
+        ngrams = config.source_ngrams
+        model = with_source_ngrams(model, tuple(ngrams.orders), ngrams.buckets, ngrams.dropout)
     train_examples = load_mixture(config.data.mixture, "train")
     if not train_examples:
         raise ValueError(f"{config.data.mixture}/train.jsonl has no training examples")

@@ -47,6 +47,9 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rotary_base: float = 10000.0
     copy_attention: bool = False  # a pointer-generator head that can copy source tokens (CopyAttention)
+    source_ngrams: tuple[int, ...] = ()  # orders of hashed n-gram embeddings on the encoder input (NGramEmbedding)
+    ngram_buckets: int = 32768  # rows of each hashed table (orders above 1)
+    ngram_dropout: float = 0.5  # in training, each source position's n-gram vector is dropped with this probability
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_heads", "n_encoder_layers", "n_decoder_layers", "d_ff",
@@ -66,6 +69,16 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.pad_id must be in [0, vocab_size), got {self.pad_id!r}")
         if not isinstance(self.copy_attention, bool):
             raise ValueError(f"ModelConfig.copy_attention must be true or false, got {self.copy_attention!r}")
+        self.source_ngrams = tuple(self.source_ngrams)
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in self.source_ngrams):
+            raise ValueError(f"ModelConfig.source_ngrams must be n-gram orders (positive integers), "
+                             f"got {list(self.source_ngrams)!r}")
+        if len(set(self.source_ngrams)) != len(self.source_ngrams):
+            raise ValueError(f"ModelConfig.source_ngrams lists an order twice: {list(self.source_ngrams)!r}")
+        if not isinstance(self.ngram_buckets, int) or self.ngram_buckets <= 0:
+            raise ValueError(f"ModelConfig.ngram_buckets must be a positive integer, got {self.ngram_buckets!r}")
+        if not 0.0 <= self.ngram_dropout < 1.0:
+            raise ValueError(f"ModelConfig.ngram_dropout must be in [0, 1), got {self.ngram_dropout!r}")
         if self.norm_eps <= 0 or self.rotary_base <= 0:
             raise ValueError("ModelConfig.norm_eps and ModelConfig.rotary_base must be positive")
         choices = {"norm_placement": ("post", "pre"), "norm": ("layernorm", "rmsnorm"),
@@ -199,6 +212,59 @@ class TokenEmbedding(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         return F.embedding(ids, self.weight) * self.scale
+
+
+class NGramEmbedding(nn.Module):
+    """Hashed n-gram embeddings of the source, not in the paper: for each order n in `config.source_ngrams`,
+    the n tokens ending at each position are hashed into one of `ngram_buckets` rows of a table of their own,
+    and the rows found are added to the token embeddings (the over-tokenized input of Huang et al., 2025,
+    https://arxiv.org/abs/2501.16975; fastText's hashed bigrams, Joulin et al., 2016). A small model's
+    vocabulary, learnt from Shakespeare, splits a modern word into pieces that mean nothing alone; a bigram's row
+    gives the encoder "area man" or "trump's" whole, as the n-gram features of a linear classifier do. Order 1
+    is not hashed: its table has a row per token, a second input embedding that, unlike the first, is not tied
+    to the output projection.
+
+    The tables start at zero, so adding them to a trained model (`with_source_ngrams`) leaves its outputs as they
+    were. In training each position's n-gram vector is dropped with probability `ngram_dropout` (and the rest
+    scaled up), so the model keeps reading the tokens too rather than memorising n-grams (README, Fine-tuning).
+    Positions before the start read as padding; a position's vector depends on no later token, so right padding
+    changes nothing."""
+
+    MODULUS = 2_147_483_647  # 2^31 - 1: products stay inside int64
+    MULTIPLIER = 1_000_003
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.orders, self.pad_id = config.source_ngrams, config.pad_id
+        self.sizes = [ngram_table_rows(config, order) for order in self.orders]
+        self.offsets = [sum(self.sizes[:k]) for k in range(len(self.orders))]
+        self.dropout = config.ngram_dropout
+        self.weight = nn.Parameter(torch.zeros(sum(self.sizes), config.d_model))
+        self.scale = math.sqrt(config.d_model)
+
+    def rows(self, ids: Tensor) -> Tensor:
+        """ids (b, s) -> the table row of each order's n-gram ending at each position, (b, s, orders)."""
+        rows = []
+        for order, size, offset in zip(self.orders, self.sizes, self.offsets):
+            code = ids.long()
+            for back in range(1, order):
+                earlier = F.pad(ids.long(), (back, 0), value=self.pad_id)[:, :ids.shape[1]]
+                code = (code * self.MULTIPLIER + earlier + 1) % self.MODULUS
+            rows.append(code % size + offset)
+        return torch.stack(rows, -1)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """ids (b, s) -> the sum of each position's n-gram rows (b, s, D), scaled like token embeddings."""
+        x = F.embedding(self.rows(ids), self.weight).sum(-2) * self.scale
+        if self.training and self.dropout > 0:
+            keep = torch.rand(ids.shape, device=ids.device) >= self.dropout
+            x = x * keep.unsqueeze(-1).to(x.dtype) / (1 - self.dropout)
+        return x
+
+
+def ngram_table_rows(config: ModelConfig, order: int) -> int:
+    """Rows of the n-gram table of this order: one per token for unigrams, `ngram_buckets` for longer n-grams."""
+    return config.vocab_size if order == 1 else config.ngram_buckets
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -585,6 +651,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.src_embed = TokenEmbedding(config)
+        self.src_ngrams = NGramEmbedding(config) if config.source_ngrams else None
         # 3.4: "we share the same weight matrix between the two embedding layers and the pre-softmax linear
         # transformation" (Press & Wolf, 2017, https://arxiv.org/abs/1608.05859).
         self.tgt_embed = self.src_embed if config.tie_embeddings else TokenEmbedding(config)
@@ -606,9 +673,9 @@ class Transformer(nn.Module):
     def reset_parameters(self) -> None:
         """Initialisation: Xavier-uniform linear weights and zero biases (as the paper's tensor2tensor and
         fairseq); token embeddings N(0, 1/D), so that after the sqrt(D) scale of 3.4 they have unit variance
-        and tied output logits start near unit scale; learned positions N(0, 0.02); norms at identity. In
-        pre-norm stacks each residual branch's output projection is scaled down by 1/sqrt(2 * layers)
-        (GPT-2) so the residual stream does not grow with depth."""
+        and tied output logits start near unit scale; learned positions N(0, 0.02); n-gram tables at zero;
+        norms at identity. In pre-norm stacks each residual branch's output projection is scaled down by
+        1/sqrt(2 * layers) (GPT-2) so the residual stream does not grow with depth."""
         config = self.config
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -619,6 +686,8 @@ class Transformer(nn.Module):
                 nn.init.normal_(module.weight, std=config.d_model ** -0.5)
             elif isinstance(module, LearnedPositionalEmbedding):
                 nn.init.normal_(module.weight, std=0.02)
+            elif isinstance(module, NGramEmbedding):
+                nn.init.zeros_(module.weight)
             elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 nn.init.ones_(module.weight)
                 if getattr(module, "bias", None) is not None:
@@ -648,8 +717,11 @@ class Transformer(nn.Module):
             raise ValueError(f"{name} holds token ids outside [0, {self.config.vocab_size}): "
                              f"min {int(ids.min())}, max {int(ids.max())}")
 
-    def embed(self, ids: Tensor, embedding: TokenEmbedding, positions: nn.Module | None, offset: int) -> Tensor:
+    def embed(self, ids: Tensor, embedding: TokenEmbedding, positions: nn.Module | None, offset: int,
+              ngrams: NGramEmbedding | None = None) -> Tensor:
         x = embedding(ids)
+        if ngrams is not None:
+            x = x + ngrams(ids)
         if positions is not None:
             x = x + positions(ids.shape[1], offset)
         return self.dropout(x)  # 5.4: dropout on the sums of embeddings and positional encodings
@@ -659,7 +731,7 @@ class Transformer(nn.Module):
     def encode(self, src_ids: Tensor, src_padding_mask: Tensor | None = None) -> Tensor:
         """src_ids (b, s) -> encoder output (b, s, D)."""
         self.check_ids(src_ids, "src_ids")
-        x = self.embed(src_ids, self.src_embed, self.src_pos, 0)
+        x = self.embed(src_ids, self.src_embed, self.src_pos, 0, self.src_ngrams)
         return self.encoder(x, src_padding_mask, self.rotary)
 
     def decode(
@@ -808,6 +880,20 @@ def with_copy_attention(model: Transformer) -> Transformer:
     return copying.train(model.training)
 
 
+def with_source_ngrams(model: Transformer, orders: tuple[int, ...], buckets: int, dropout: float) -> Transformer:
+    """The model with new, zero `NGramEmbedding` tables of these orders on its encoder input and every other
+    weight kept, so that it computes what it did until the tables learn: for fine-tuning a pretrained model that
+    has none. A model that already has n-gram tables is returned as it is."""
+    if model.src_ngrams is not None:
+        return model
+    parameter = next(model.parameters())
+    config = replace(model.config, source_ngrams=tuple(orders), ngram_buckets=buckets, ngram_dropout=dropout)
+    reading = Transformer(config).to(parameter.device, parameter.dtype)
+    result = reading.load_state_dict(model.state_dict(), strict=False)
+    assert not result.unexpected_keys and result.missing_keys == ["src_ngrams.weight"], result
+    return reading.train(model.training)
+
+
 def count_parameters(config: ModelConfig) -> int:
     """The closed-form parameter count of `Transformer(config)`."""
     D, F_, V = config.d_model, config.d_ff, config.vocab_size
@@ -827,4 +913,5 @@ def count_parameters(config: ModelConfig) -> int:
         total += 2 * norm
     if config.copy_attention:
         total += 2 * D * D + 2 * D + 2  # query, key, gate and follow
+    total += sum(ngram_table_rows(config, order) for order in config.source_ngrams) * D
     return total

@@ -45,7 +45,7 @@ from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
 from seq2seq.checkpoint import atomic_directory, save_pretrained, write_model_files
-from seq2seq.model import LearnedPositionalEmbedding, TokenEmbedding, Transformer
+from seq2seq.model import LearnedPositionalEmbedding, NGramEmbedding, TokenEmbedding, Transformer
 
 
 @dataclass
@@ -176,7 +176,8 @@ def parameter_groups(model: Transformer, weight_decay: float) -> list[dict[str, 
     """AdamW groups: decay matrices of linear layers only; not norms, biases or embeddings."""
     no_decay = set()
     for module in model.modules():
-        if isinstance(module, (TokenEmbedding, LearnedPositionalEmbedding, torch.nn.LayerNorm, torch.nn.RMSNorm)):
+        if isinstance(module, (TokenEmbedding, NGramEmbedding, LearnedPositionalEmbedding, torch.nn.LayerNorm,
+                               torch.nn.RMSNorm)):
             no_decay.update(id(p) for p in module.parameters(recurse=False))
     decay, other = [], []
     for parameter in model.parameters():  # tied parameters appear once

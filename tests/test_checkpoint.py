@@ -21,7 +21,9 @@ def make_model(**overrides) -> Transformer:
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_round_trip_is_bit_exact(tmp_path, tied):
-    model = make_model(tie_embeddings=tied, positions="learned")
+    model = make_model(tie_embeddings=tied, positions="learned", copy_attention=tied, source_ngrams=(2, 3),
+                       ngram_buckets=64)
+    torch.nn.init.normal_(model.src_ngrams.weight)
     model.save_pretrained(tmp_path / "ckpt")
     loaded = Transformer.from_pretrained(tmp_path / "ckpt")
     assert loaded.config == model.config

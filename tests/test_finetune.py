@@ -187,7 +187,8 @@ def test_finetune_command_end_to_end(tokenizer, tmp_path):
                                                 "inference.json"}
     inference = json.loads((final / "inference.json").read_text())
     assert inference["classifiers"]["sarcasm"]["task"] == "is_sarcastic" and inference["tones"]
-    assert json.loads((final / "config.json").read_text())["copy_attention"]  # tiny.yaml adds the copy head
+    model_config = json.loads((final / "config.json").read_text())
+    assert model_config["copy_attention"] and model_config["source_ngrams"] == [2]  # tiny.yaml adds both
     report = json.loads((out / "eval.json").read_text())
     rows = {(r["source"], r["task"]): r for r in report["test"]}
     assert set(rows) == {("unit", "speaker"), ("unit", "is_sarcastic"), ("unit", "chat")}

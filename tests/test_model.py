@@ -9,10 +9,12 @@ import torch
 from seq2seq.model import (
     CopyAttention,
     ModelConfig,
+    NGramEmbedding,
     SublayerConnection,
     Transformer,
     count_parameters,
     with_copy_attention,
+    with_source_ngrams,
 )
 
 POSITIONS = ["sinusoidal", "learned", "rotary"]
@@ -184,7 +186,8 @@ OPTION_GRID = list(itertools.product(["post", "pre"], ["layernorm", "rmsnorm"], 
 @pytest.mark.parametrize("placement,norm,positions,activation,tied", OPTION_GRID)
 def test_every_option_builds_counts_and_trains(placement, norm, positions, activation, tied):
     config = tiny_config(norm_placement=placement, norm=norm, positions=positions, activation=activation,
-                         tie_embeddings=tied, copy_attention=tied and positions == "rotary")
+                         tie_embeddings=tied, copy_attention=tied and positions == "rotary",
+                         source_ngrams=(1, 2) if activation == "gelu" else ())
     torch.manual_seed(0)
     model = Transformer(config).train()
     assert model.num_parameters() == count_parameters(config)
@@ -399,3 +402,80 @@ def test_copy_attention_copies_tokens_never_seen_as_answers(copy):
         predicted = model.eval()(src, tgt[:, :-1])[:, 0].argmax(-1)
     accuracy = (predicted == tgt[:, 1]).float().mean().item()
     assert accuracy > 0.5 if copy else accuracy < 0.05
+
+
+# -- hashed n-gram embeddings of the source -------------------------------------------------------------------
+
+
+def ngram_model(seed: int = 0, **overrides) -> Transformer:
+    """A tiny model with bigram and trigram tables filled at random (a fresh model's are zero)."""
+    model = tiny_model(seed, source_ngrams=(2, 3), ngram_buckets=97, **overrides)
+    torch.nn.init.normal_(model.src_ngrams.weight, std=0.2)
+    return model
+
+
+def test_an_ngram_row_depends_on_its_last_n_tokens_only():
+    table = NGramEmbedding(tiny_config(source_ngrams=(1, 2, 3), ngram_buckets=1 << 20))
+    ids = random_ids(1, 12, 1)
+    changed = ids.clone()
+    changed[0, 5] = (ids[0, 5] % 49) + 1  # another token at position 5
+    moved = table.rows(ids) != table.rows(changed)  # (1, 12, orders)
+    for k, n in enumerate((1, 2, 3)):
+        assert moved[0, :, k].nonzero().flatten().tolist() == list(range(5, 5 + n))
+    assert torch.equal(table.rows(ids)[..., 0], ids)  # unigrams are not hashed: a row per token
+    # Distinct bigrams land in distinct rows (2,401 bigrams, a million buckets), and before the start is padding.
+    pairs = torch.tensor([[a, b] for a in range(1, 50) for b in range(1, 50)])
+    assert table.rows(pairs)[:, 1, 1].unique().numel() == len(pairs)
+    after_padding = torch.cat([torch.zeros_like(pairs[:, :1]), pairs[:, 1:]], 1)
+    assert torch.equal(table.rows(pairs[:, 1:])[:, 0, 1], table.rows(after_padding)[:, 1, 1])
+
+
+def test_source_ngrams_change_the_encoding_and_keep_padding_invariance():
+    model = ngram_model(positions="rotary")
+    plain = tiny_model(positions="rotary")
+    lengths = [(3, 8), (9, 2), (6, 5)]
+    examples = [(random_ids(1, s, 10 + i), random_ids(1, t, 20 + i)) for i, (s, t) in enumerate(lengths)]
+    src = torch.zeros(3, 9, dtype=torch.long)
+    tgt = torch.zeros(3, 8, dtype=torch.long)
+    for i, (s_ids, t_ids) in enumerate(examples):
+        src[i, :s_ids.shape[1]], tgt[i, :t_ids.shape[1]] = s_ids[0], t_ids[0]
+    with torch.no_grad():
+        batched = model(src, tgt, src_padding_mask=src == 0, tgt_padding_mask=tgt == 0)
+        for i, (s_ids, t_ids) in enumerate(examples):
+            alone = model(s_ids, t_ids)[0]
+            torch.testing.assert_close(batched[i, :t_ids.shape[1]], alone, atol=1e-5, rtol=0)
+            assert (alone - plain(s_ids, t_ids)[0]).abs().max() > 1e-2  # same weights but for the tables
+
+
+def test_adding_source_ngrams_keeps_the_model_until_the_tables_learn():
+    model = tiny_model(copy_attention=True)
+    reading = with_source_ngrams(model, (2,), buckets=101, dropout=0.25)
+    assert with_source_ngrams(reading, (3,), buckets=7, dropout=0.0) is reading
+    assert reading.config.source_ngrams == (2,) and reading.config.ngram_dropout == 0.25
+    assert reading.num_parameters() == count_parameters(reading.config) == model.num_parameters() + 101 * 32
+    src, tgt = random_ids(2, 6, 1), random_ids(2, 5, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(reading(src, tgt), model(src, tgt), atol=1e-6, rtol=0)
+    optimizer = torch.optim.SGD(reading.parameters(), lr=0.1)
+    reading.loss(src, tgt[:, :-1], tgt[:, 1:]).backward()
+    optimizer.step()
+    assert reading.src_ngrams.weight.abs().sum() > 0  # the tables get gradients from the start
+
+
+def test_ngram_dropout_drops_whole_positions_in_training_only():
+    table = NGramEmbedding(tiny_config(source_ngrams=(2,), ngram_buckets=1 << 12, ngram_dropout=0.5))
+    torch.nn.init.normal_(table.weight)
+    ids = random_ids(4, 50, 1)
+    full = table.eval()(ids)
+    torch.manual_seed(0)
+    dropped = table.train()(ids)
+    kept = dropped.abs().sum(-1) > 0
+    assert 0.3 < kept.float().mean() < 0.7
+    torch.testing.assert_close(dropped[kept], 2 * full[kept])  # survivors scaled by 1 / (1 - p)
+
+
+@pytest.mark.parametrize("field,value", [("source_ngrams", (0,)), ("source_ngrams", (2, 2)),
+                                         ("ngram_buckets", 0), ("ngram_dropout", 1.0)])
+def test_bad_ngram_settings_are_errors(field, value):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(**{field: value})

@@ -60,10 +60,10 @@ class CopyTask:
         return None
 
 
-def make_model(dropout: float = 0.1) -> Transformer:
+def make_model(dropout: float = 0.1, **overrides) -> Transformer:
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=VOCAB, d_model=32, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, d_ff=64,
-                         dropout=dropout, max_seq_len=16, norm_placement="pre")
+                         dropout=dropout, max_seq_len=16, norm_placement="pre", **overrides)
     model = Transformer(config)
     original = model.loss
 
@@ -227,10 +227,10 @@ def test_schedule_warms_up_then_decays_to_the_floor():
 
 
 def test_no_weight_decay_on_norms_biases_and_embeddings():
-    model = make_model()
+    model = make_model(source_ngrams=(2,), ngram_buckets=16)
     decay, no_decay = parameter_groups(model, 0.1)
     decayed = {id(p) for p in decay["params"]}
-    assert id(model.src_embed.weight) not in decayed
+    assert id(model.src_embed.weight) not in decayed and id(model.src_ngrams.weight) not in decayed
     assert all(p.dim() == 2 for p in decay["params"])
     assert all(id(p) not in decayed for name, p in model.named_parameters() if "norm" in name or "bias" in name)
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
