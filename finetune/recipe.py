@@ -74,6 +74,14 @@ class SourceNGramsConfig:
     buckets: int = 32768  # rows of each hashed table (orders above 1; order 1 has a row per token)
     dropout: float = 0.5  # each position's n-gram vector is dropped with this probability in training
 
+    def __post_init__(self) -> None:
+        if any(n < 1 for n in self.orders) or len(set(self.orders)) != len(self.orders):
+            raise ValueError(f"source_ngrams.orders must be distinct positive n-gram orders, got {self.orders!r}")
+        if self.buckets < 1:
+            raise ValueError(f"source_ngrams.buckets must be positive, got {self.buckets!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"source_ngrams.dropout must be in [0, 1), got {self.dropout!r}")
+
 
 @dataclass
 class FinetuneEvalConfig:

@@ -218,3 +218,13 @@ def test_mixture_without_training_examples_stops(tokenizer, tmp_path):
     (mixture / "train.jsonl").write_text("")
     result = finetune(["--from", str(pretrained), f"output_dir={tmp_path / 'run'}", f"data.mixture={mixture}"])
     assert result.returncode == 2 and "no training examples" in result.stderr
+
+
+@pytest.mark.parametrize("override,field", [("source_ngrams.orders=[2, 2]", "source_ngrams.orders"),
+                                            ("source_ngrams.dropout=1.0", "source_ngrams.dropout")])
+def test_bad_ngram_settings_name_the_key(override, field):
+    from finetune.recipe import load_config
+
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")) as error:
+        load_config(TINY, [override])
+    assert str(TINY) in str(error.value)
