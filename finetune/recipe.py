@@ -5,8 +5,8 @@ What it does, and the keys that control it:
 - Loads the pretrained checkpoint (`--from`, or `pretrained:`), model and tokenizer, and the mixture built by
   `seq2seq data build` (`data.mixture`). `copy_attention: true` gives the model a pointer-generator head that
   can copy tokens of the prompt into the answer (a speaker's name out of the scene). `source_ngrams: {orders:
-  [2]}` adds hashed n-gram embeddings to its encoder input (seq2seq.model.NGramEmbedding): bigrams of the
-  tokenizer's pieces, which the classifiers read as a linear model reads its n-gram features.
+  [1, 2]}` adds n-gram embeddings to its encoder input (seq2seq.model.NGramEmbedding): the tokenizer's pieces
+  and hashed pairs of them, which the classifiers read as a linear model reads its n-gram features.
 - Each example's encoder input is `<task:TASK> <TONE> prompt </s>` (seq2seq.prompting.build_source; the tone
   token follows from the example's labels); the decoder learns `response </s>`; the loss covers only response
   tokens. With `data.shots: k`, a share `data.shots_probability` of the examples carry up to k demonstrations
@@ -46,7 +46,7 @@ from finetune.batching import Encoded, LengthGroupedBatches
 from seq2seq.checkpoint import load_pretrained
 from seq2seq.config import apply_overrides, from_dict, load_yaml, to_dict
 from seq2seq.metrics import binary_scores, exact_match, token_f1
-from seq2seq.model import Transformer, with_copy_attention, with_source_ngrams
+from seq2seq.model import Transformer, check_ngram_settings, with_copy_attention, with_source_ngrams
 from seq2seq.prompting import build_source
 from seq2seq.trainer import Batch, TrainConfig, Trainer, make_accelerator
 
@@ -75,12 +75,8 @@ class SourceNGramsConfig:
     dropout: float = 0.5  # each position's n-gram vector is dropped with this probability in training
 
     def __post_init__(self) -> None:
-        if any(n < 1 for n in self.orders) or len(set(self.orders)) != len(self.orders):
-            raise ValueError(f"source_ngrams.orders must be distinct positive n-gram orders, got {self.orders!r}")
-        if self.buckets < 1:
-            raise ValueError(f"source_ngrams.buckets must be positive, got {self.buckets!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"source_ngrams.dropout must be in [0, 1), got {self.dropout!r}")
+        check_ngram_settings(self.orders, self.buckets, self.dropout,
+                             ("source_ngrams.orders", "source_ngrams.buckets", "source_ngrams.dropout"))
 
 
 @dataclass

@@ -70,15 +70,8 @@ class ModelConfig:
         if not isinstance(self.copy_attention, bool):
             raise ValueError(f"ModelConfig.copy_attention must be true or false, got {self.copy_attention!r}")
         self.source_ngrams = tuple(self.source_ngrams)
-        if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in self.source_ngrams):
-            raise ValueError(f"ModelConfig.source_ngrams must be n-gram orders (positive integers), "
-                             f"got {list(self.source_ngrams)!r}")
-        if len(set(self.source_ngrams)) != len(self.source_ngrams):
-            raise ValueError(f"ModelConfig.source_ngrams lists an order twice: {list(self.source_ngrams)!r}")
-        if not isinstance(self.ngram_buckets, int) or self.ngram_buckets <= 0:
-            raise ValueError(f"ModelConfig.ngram_buckets must be a positive integer, got {self.ngram_buckets!r}")
-        if not 0.0 <= self.ngram_dropout < 1.0:
-            raise ValueError(f"ModelConfig.ngram_dropout must be in [0, 1), got {self.ngram_dropout!r}")
+        check_ngram_settings(self.source_ngrams, self.ngram_buckets, self.ngram_dropout,
+                             ("ModelConfig.source_ngrams", "ModelConfig.ngram_buckets", "ModelConfig.ngram_dropout"))
         if self.norm_eps <= 0 or self.rotary_base <= 0:
             raise ValueError("ModelConfig.norm_eps and ModelConfig.rotary_base must be positive")
         choices = {"norm_placement": ("post", "pre"), "norm": ("layernorm", "rmsnorm"),
@@ -98,6 +91,17 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+
+def check_ngram_settings(orders, buckets, dropout, names: tuple[str, str, str]) -> None:
+    """Raise a ValueError naming the setting (`names`: what orders, buckets and dropout are called where they
+    come from) unless orders are distinct positive integers, buckets a positive integer and dropout in [0, 1)."""
+    if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in orders) or len(set(orders)) != len(orders):
+        raise ValueError(f"{names[0]} must be distinct n-gram orders (positive integers), got {list(orders)!r}")
+    if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets <= 0:
+        raise ValueError(f"{names[1]} must be a positive integer, got {buckets!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"{names[2]} must be in [0, 1), got {dropout!r}")
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -873,11 +877,7 @@ def with_copy_attention(model: Transformer) -> Transformer:
     distribution over the source."""
     if model.copy is not None:
         return model
-    parameter = next(model.parameters())
-    copying = Transformer(replace(model.config, copy_attention=True)).to(parameter.device, parameter.dtype)
-    result = copying.load_state_dict(model.state_dict(), strict=False)
-    assert not result.unexpected_keys and all(k.startswith("copy.") for k in result.missing_keys), result
-    return copying.train(model.training)
+    return _with_new_module(model, "copy.", copy_attention=True)
 
 
 def with_source_ngrams(model: Transformer, orders: tuple[int, ...], buckets: int, dropout: float) -> Transformer:
@@ -886,12 +886,18 @@ def with_source_ngrams(model: Transformer, orders: tuple[int, ...], buckets: int
     has none. A model that already has n-gram tables is returned as it is."""
     if model.src_ngrams is not None:
         return model
+    return _with_new_module(model, "src_ngrams.", source_ngrams=tuple(orders), ngram_buckets=buckets,
+                            ngram_dropout=dropout)
+
+
+def _with_new_module(model: Transformer, prefix: str, **changes: Any) -> Transformer:
+    """A model built from `model.config` with `changes`, holding every weight of `model`; only the weights under
+    `prefix` (the module the changes add) are new."""
     parameter = next(model.parameters())
-    config = replace(model.config, source_ngrams=tuple(orders), ngram_buckets=buckets, ngram_dropout=dropout)
-    reading = Transformer(config).to(parameter.device, parameter.dtype)
-    result = reading.load_state_dict(model.state_dict(), strict=False)
-    assert not result.unexpected_keys and result.missing_keys == ["src_ngrams.weight"], result
-    return reading.train(model.training)
+    grown = Transformer(replace(model.config, **changes)).to(parameter.device, parameter.dtype)
+    result = grown.load_state_dict(model.state_dict(), strict=False)
+    assert not result.unexpected_keys and all(k.startswith(prefix) for k in result.missing_keys), result
+    return grown.train(model.training)
 
 
 def count_parameters(config: ModelConfig) -> int:
