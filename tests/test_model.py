@@ -348,6 +348,8 @@ def test_adding_copy_attention_keeps_the_pretrained_weights():
 def test_copy_loss_is_the_smoothed_weighted_nll_of_the_mixture(label_smoothing):
     model = tiny_model(copy_attention=True)
     src, tgt = random_ids(2, 5, 1), random_ids(2, 6, 2)
+    src[1, 3] = src[1, 1]  # a token at two source positions: the smoothing term counts it once
+    src[1, 4] = tgt[1, 2]  # a target the head can copy
     out = tgt[:, 1:].clone()
     out[0, 3:] = 0
     weights = torch.rand(out.shape)
