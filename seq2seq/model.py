@@ -248,11 +248,11 @@ class NGramEmbedding(nn.Module):
 
     def rows(self, ids: Tensor) -> Tensor:
         """ids (b, s) -> the table row of each order's n-gram ending at each position, (b, s, orders)."""
-        rows = []
+        ids, rows = ids.long(), []
         for order, size, offset in zip(self.orders, self.sizes, self.offsets):
-            code = ids.long()
+            code = ids
             for back in range(1, order):
-                earlier = F.pad(ids.long(), (back, 0), value=self.pad_id)[:, :ids.shape[1]]
+                earlier = F.pad(ids, (back, 0), value=self.pad_id)[:, :ids.shape[1]]
                 code = (code * self.MULTIPLIER + earlier + 1) % self.MODULUS
             rows.append(code % size + offset)
         return torch.stack(rows, -1)
