@@ -23,16 +23,13 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline, make_union
 
-from data_pipelines.builders.jokes import IS_JOKE_QUESTIONS
-from data_pipelines.builders.sarcasm import IS_SARCASTIC_QUESTIONS
 from data_pipelines.mixture import load_mixture
 from seq2seq.checkpoint import load_pretrained
 from seq2seq.classify import classify
 from seq2seq.generation import GenerationConfig, generate
 from seq2seq.metrics import exact_match
 from seq2seq.prompting import InferenceSpec, build_source
-
-TEMPLATES = {"is_sarcastic": IS_SARCASTIC_QUESTIONS, "is_joke": IS_JOKE_QUESTIONS}
+from seq2seq.tasks import CLASSIFIER_QUESTIONS
 
 
 def raw_text(prompt: str, templates: tuple[str, ...]) -> str:
@@ -84,7 +81,7 @@ def main() -> None:
         majority = Counter(e["response"] for e in task_train).most_common(1)[0][0]
         rows.append({"task": name, "n": len(task_test), "model": model_accuracy,
                      "baseline": "TF-IDF + logistic regression",
-                     "baseline_accuracy": tfidf_accuracy(task_train, task_test, TEMPLATES[task]),
+                     "baseline_accuracy": tfidf_accuracy(task_train, task_test, CLASSIFIER_QUESTIONS[task]),
                      "majority": float(np.mean([e["response"] == majority for e in task_test]))})
     speakers = [e for e in test if e["task"] == "speaker"]
     sources = [build_source(tokenizer, e["prompt"], task="speaker", tone="plain", max_len=model.config.max_seq_len).ids

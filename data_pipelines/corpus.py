@@ -37,9 +37,9 @@ from data_pipelines.readers import (
     read_sarcasm_headlines,
     read_tinyshakespeare,
 )
-from data_pipelines.records import InvalidRecords, read_text
 from data_pipelines.splits import SHAKESPEARE_VAL_START
 from seq2seq.config import to_dict
+from seq2seq.records import InvalidRecords, read_text
 from seq2seq.tokenizer import Tokenizer
 
 SourceKind = Literal[

@@ -31,11 +31,13 @@ import numpy as np
 
 from data_pipelines.builders import BUILDERS, BuildContext
 from data_pipelines.presets import load_preset
-from data_pipelines.records import InvalidRecords, read_jsonl
-from data_pipelines.schema import CLOSED_RESPONSE_TASKS, FIELDS, LABELS, validate_example
-from data_pipelines.sources import RAW_SOURCES, sha256_file
+from data_pipelines.schema import FIELDS, validate_example
+from data_pipelines.sources import RAW_SOURCES
 from data_pipelines.splits import SPLITS, norm
 from seq2seq.config import to_dict
+from seq2seq.files import sha256_file
+from seq2seq.records import InvalidRecords, read_jsonl
+from seq2seq.tasks import CLOSED_RESPONSE_TASKS, LABELS
 from seq2seq.tokenizer import Tokenizer
 
 CACHE_VERSION = 1

@@ -9,9 +9,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_pipelines.records import InvalidRecords, check_fields, read_csv, read_jsonl, read_lines, read_text
 from data_pipelines.sources import raw_file
 from data_pipelines.splits import SHAKESPEARE_VAL_START, Split, norm, split_of
+from seq2seq.records import InvalidRecords, check_fields, read_csv, read_jsonl, read_lines, read_text
 
 # ---- Tiny Shakespeare ----
 

@@ -3,13 +3,13 @@
     {"id": str, "source": str, "task": str, "prompt": str, "response": str,
      "labels": {"joke": true|false|null, "sarcasm": true|false|null}, "split": "train"|"val"|"test"}
 
-- `task` names the task marker the encoder input starts with (`seq2seq.tokenizer.TASKS`).
+- `task` names the task marker the encoder input starts with (`seq2seq.tasks.TASKS`).
 - `labels` describe the text: for generation tasks, the response (a joke-tone example has joke=true); for the
   classification tasks, the text being classified. null means "not known / not applicable".
-- Classification is text to text: the response is a fixed label word, "yes" or "no" (`LABEL_WORDS`), so a
+- Classification is text to text: the response is a fixed label word, "yes" or "no" (`seq2seq.tasks.LABEL_WORDS`), so a
   classifier scores log p("yes") against log p("no") and the same decoder serves both.
 - The tone token of an example (what the encoder sees after the task marker) follows from task and labels:
-  see `tone_of`.
+  see `seq2seq.tasks.tone_of`.
 """
 
 from __future__ import annotations
@@ -17,18 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from data_pipelines.records import InvalidRecords, check_fields
 from data_pipelines.splits import SPLITS
-from seq2seq.tokenizer import TASKS
+from seq2seq.records import InvalidRecords, check_fields
+from seq2seq.tasks import LABELS, TASKS
 
 FIELDS = ("id", "source", "task", "prompt", "response", "labels", "split")
-LABELS = ("joke", "sarcasm")
-LABEL_WORDS = {True: "yes", False: "no"}
-# Classification task -> the label it predicts.
-CLASSIFICATION_TASKS = {"is_joke": "joke", "is_sarcastic": "sarcasm"}
-# Tasks whose responses come from a small closed set (label words, speaker names): a response shared between
-# train and test is expected there and is not leakage.
-CLOSED_RESPONSE_TASKS = frozenset({*CLASSIFICATION_TASKS, "speaker"})
 
 
 def make_example(
@@ -50,19 +43,6 @@ def make_example(
         "labels": {"joke": joke, "sarcasm": sarcasm},
         "split": split,
     }
-
-
-def tone_of(example: dict[str, Any]) -> str:  # one of seq2seq.tokenizer.TONES
-    """The tone token for an example: classification is always <plain>; otherwise <sarcastic> if the response
-    is sarcastic, <joke> if it is a joke, else <plain>."""
-    if example["task"] in CLASSIFICATION_TASKS:
-        return "plain"
-    labels = example["labels"]
-    if labels["sarcasm"] is True:
-        return "sarcastic"
-    if labels["joke"] is True:
-        return "joke"
-    return "plain"
 
 
 def validate_example(

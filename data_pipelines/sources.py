@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_pipelines.splits import bucket
+from seq2seq.files import sha256_file
 
 FETCH_HINT = "run `seq2seq data fetch --from ../shared/data` (or `seq2seq data fetch` when online)"
 
@@ -163,14 +164,6 @@ RAW_SOURCES: dict[str, RawSource] = {
 # The shared copy leaves out items with bucket(text) < K (SOURCE.md, "Split rule").
 HELD_OUT_K = {"sarcasm_headlines": 4, "jokes_qa": 4, "humor_colbert": 4, "dailydialog": 10}
 SARCASM_JSON_SHA256 = "a0ef80faee87588f307aceb44eba562bc5c6b6f655c96c91677ae2fcc554ac51"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def raw_file(raw_dir: Path, relative: str) -> Path:

@@ -19,8 +19,8 @@ import numpy as np
 
 from data_pipelines.corpus import CorpusSource, documents
 from data_pipelines.presets import load_preset
-from data_pipelines.records import InvalidRecords
 from seq2seq.config import to_dict
+from seq2seq.records import InvalidRecords
 from seq2seq.tokenizer import Tokenizer
 
 KNOWN_SOURCES = ("tinyshakespeare", "dailydialog", "jokes_qa", "humor_colbert", "sarcasm_headlines")

@@ -3,10 +3,11 @@
 
 What it does, and the keys that control it:
 - Loads the pretrained checkpoint (`--from`, or `pretrained:`), model and tokenizer, and the mixture built by
-  `seq2seq data build` (`data.mixture`). `copy_attention: true` gives the model a pointer-generator head that
-  can copy tokens of the prompt into the answer (a speaker's name out of the scene). `source_ngrams: {orders:
-  [1, 2]}` adds n-gram embeddings to its encoder input (seq2seq.model.NGramEmbedding): the tokenizer's pieces
-  and hashed pairs of them, which the classifiers read as a linear model reads its n-gram features.
+  `seq2seq data build` (`data.mixture`). The `model:` section changes the pretrained model's config
+  (`seq2seq.model.ModelConfig`; only `dropout` and the extensions may change): `copy_attention: true` adds a
+  pointer-generator head that can copy tokens of the prompt into the answer (a speaker's name out of the scene);
+  `source_ngrams: [1, 2]` adds n-gram embeddings to its encoder input: the tokenizer's pieces and hashed pairs of
+  them, which the classifiers read as a linear model reads its n-gram features.
 - Each example's encoder input is `<task:TASK> <TONE> prompt </s>` (seq2seq.prompting.build_source; the tone
   token follows from the example's labels); the decoder learns `response </s>`; the loss covers only response
   tokens. With `data.shots: k`, a share `data.shots_probability` of the examples carry up to k demonstrations
@@ -24,16 +25,16 @@ What it does, and the keys that control it:
 
 Raises:
     CheckpointError: `--from` is not a checkpoint directory, or its tokenizer does not match its vocabulary.
-    ValueError: the mixture has no training examples; an unknown key or task weight.
+    ValueError: the mixture has no training examples; an unknown key or task weight; a `model:` key that would
+        change the pretrained weights' shapes.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,18 +42,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from data_pipelines.schema import tone_of
 from finetune.batching import Encoded, LengthGroupedBatches
 from seq2seq.checkpoint import load_pretrained
 from seq2seq.config import apply_overrides, from_dict, load_yaml, to_dict
-from seq2seq.metrics import binary_scores, exact_match, token_f1
-from seq2seq.model import Transformer, check_ngram_settings, with_copy_attention, with_source_ngrams
-from seq2seq.prompting import build_source
+from seq2seq.files import write_json_atomic
+from seq2seq.metrics import baseline_answers, binary_scores, exact_match, token_f1
+from seq2seq.model import ModelConfig, Transformer, adapt
+from seq2seq.prompting import INFERENCE_FILE, build_source
+from seq2seq.tasks import CHAT_TASK, CLASSIFICATION_TASKS, LABEL_WORDS, classifier_specs, tone_of
 from seq2seq.trainer import Batch, TrainConfig, Trainer, make_accelerator
-
-CLASSIFIERS = {"joke": "is_joke", "sarcasm": "is_sarcastic"}  # label -> classification task
-LABEL_WORDS = {"true": "yes", "false": "no"}
-CHAT_TASK = "chat"
 
 
 @dataclass
@@ -69,17 +67,6 @@ class FinetuneDataConfig:
 
 
 @dataclass
-class SourceNGramsConfig:
-    orders: list[int] = field(default_factory=list)  # n-gram orders to add, e.g. [1, 2]; [] adds none
-    buckets: int = 32768  # rows of each hashed table (orders above 1; order 1 has a row per token)
-    dropout: float = 0.5  # each position's n-gram vector is dropped with this probability in training
-
-    def __post_init__(self) -> None:
-        check_ngram_settings(self.orders, self.buckets, self.dropout,
-                             ("source_ngrams.orders", "source_ngrams.buckets", "source_ngrams.dropout"))
-
-
-@dataclass
 class FinetuneEvalConfig:
     quick_examples: int = 512  # val examples in the frequent evaluations; the final one uses all
     test_limit: int | None = 300  # test examples per (source, task) group in eval.json; None: all
@@ -92,9 +79,12 @@ class FinetuneConfig:
     output_dir: str = "runs/finetune"
     resume: str | None = None
     pretrained: str | None = None  # the pretrained checkpoint directory (or --from)
-    dropout: float | None = None  # replaces the pretrained model's dropout when set
-    copy_attention: bool = False  # add a pointer-generator head (seq2seq.model.CopyAttention) if the model has none
-    source_ngrams: SourceNGramsConfig = field(default_factory=SourceNGramsConfig)  # hashed n-gram embeddings
+    # Changes to the pretrained model's config (ModelConfig keys: dropout, copy_attention, source_ngrams,
+    # ngram_buckets, ngram_dropout), checked and applied by seq2seq.model.adapt.
+    model: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ModelConfig().adapted(self.model)  # a bad key or value is named now, before anything loads
     data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)
@@ -193,15 +183,8 @@ class FinetuningTask:
 
 
 def inference_config(tokenizer) -> dict[str, Any]:
-    """What chat, classify and eval need to prompt a fine-tuned model (written as final/inference.json):
-    classifiers phrase the text as the mixture's first question template did in training."""
-    from data_pipelines.builders.jokes import IS_JOKE_QUESTIONS
-    from data_pipelines.builders.sarcasm import IS_SARCASTIC_QUESTIONS
-
-    templates = {"joke": IS_JOKE_QUESTIONS[0], "sarcasm": IS_SARCASTIC_QUESTIONS[0]}
-    classifiers = {label: {"task": task, "tone": "plain", "template": templates[label], "labels": dict(LABEL_WORDS)}
-                   for label, task in CLASSIFIERS.items() if task in tokenizer.tasks}
-    return {"task": CHAT_TASK, "tones": True, "classifiers": classifiers}
+    """What chat, classify and eval need to prompt a fine-tuned model (written as final/inference.json)."""
+    return {"task": CHAT_TASK, "tones": True, "classifiers": classifier_specs(tokenizer.tasks)}
 
 
 @torch.no_grad()
@@ -224,20 +207,18 @@ def evaluate_test(model: Transformer, tokenizer, config: FinetuneConfig, train_e
         if config.eval.test_limit is not None and len(examples) > config.eval.test_limit:
             examples = [examples[i] for i in sorted(rng.choice(len(examples), config.eval.test_limit, replace=False))]
         references = [e["response"] for e in examples]
-        majority_answer = Counter(train_responses[task]).most_common(1)[0][0] if train_responses[task] else ""
-        random_answers = [str(rng.choice(train_responses[task])) if train_responses[task] else "" for _ in examples]
+        baselines = baseline_answers(train_responses[task], len(examples), rng)
         row: dict[str, Any] = {"source": source, "task": task, "n": len(examples)}
-        label = next((lab for lab, t in CLASSIFIERS.items() if t == task), None)
+        label = CLASSIFICATION_TASKS.get(task)
         if label is not None and label in inference["classifiers"]:
             # Test prompts are already phrased as questions: score them as they are.
             classifier = {**inference["classifiers"][label], "template": "{text}"}
             probabilities = classify(model, tokenizer, [e["prompt"] for e in examples], classifier,
                                      batch_size=config.eval.batch_size)
-            truth = [r == LABEL_WORDS["true"] for r in references]
-            predicted = [p["true"] >= 0.5 for p in probabilities]
-            row["model"] = binary_scores(predicted, truth)
-            row["majority"] = binary_scores([majority_answer == LABEL_WORDS["true"]] * len(truth), truth)
-            row["random"] = binary_scores([bool(b) for b in rng.integers(0, 2, len(truth))], truth)
+            truth = [r == LABEL_WORDS[True] for r in references]
+            row["model"] = binary_scores([p["true"] >= 0.5 for p in probabilities], truth)
+            for system, answers in baselines.items():
+                row[system] = binary_scores([a == LABEL_WORDS[True] for a in answers], truth)
         else:
             sources = [build_source(tokenizer, e["prompt"], task=task, tone=tone_of(e),
                                     max_len=config.data.max_src_len).ids for e in examples]
@@ -247,8 +228,8 @@ def evaluate_test(model: Transformer, tokenizer, config: FinetuneConfig, train_e
                                    GenerationConfig(max_new_tokens=config.eval.max_new_tokens))
                 predictions += [r.text for r in results]
             row["model"] = text_scores(predictions, references)
-            row["majority"] = text_scores([majority_answer] * len(references), references)
-            row["random"] = text_scores(random_answers, references)
+            for system, answers in baselines.items():
+                row[system] = text_scores(answers, references)
             row["examples"] = [{"prompt": e["prompt"], "reference": ref, "prediction": pred}
                                for e, ref, pred in list(zip(examples, references, predictions))[:3]]
         rows.append(row)
@@ -281,16 +262,7 @@ def run_finetuning(config: FinetuneConfig) -> Any:
     if not config.pretrained:
         raise ValueError("no pretrained checkpoint: pass --from DIR (a directory written by `seq2seq pretrain`)")
     model, tokenizer = load_pretrained(config.pretrained)
-    if config.dropout is not None:
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = config.dropout
-        model.config.dropout = config.dropout
-    if config.copy_attention:
-        model = with_copy_attention(model)
-    if config.source_ngrams.orders:
-        ngrams = config.source_ngrams
-        model = with_source_ngrams(model, tuple(ngrams.orders), ngrams.buckets, ngrams.dropout)
+    model = adapt(model, config.model)
     train_examples = load_mixture(config.data.mixture, "train")
     if not train_examples:
         raise ValueError(f"{config.data.mixture}/train.jsonl has no training examples")
@@ -301,7 +273,7 @@ def run_finetuning(config: FinetuneConfig) -> Any:
     inference = inference_config(tokenizer)
 
     def export_extra(directory: Path) -> None:
-        (directory / "inference.json").write_text(json.dumps(inference, indent=2) + "\n")
+        write_json_atomic(directory / INFERENCE_FILE, inference)
 
     accelerator = make_accelerator(config.train, Path(config.output_dir))
     task = FinetuningTask(config, tokenizer, train_examples, val_examples, accelerator.num_processes)
@@ -318,7 +290,7 @@ def run_finetuning(config: FinetuneConfig) -> Any:
     report["val_loss"] = result.metrics.get("val_loss", math.nan)
     report["padding_fraction"] = trainer.task.train.padding_fraction()
     report["step"] = result.step
-    (Path(config.output_dir) / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(Path(config.output_dir) / "eval.json", report)
     log_eval(trainer, report)
     print(format_eval_table(report))
     return result

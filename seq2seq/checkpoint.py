@@ -17,10 +17,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 
 from seq2seq.model import ModelConfig, Transformer
+from seq2seq.runtime import unwrap
+from seq2seq.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.model"
+# Checkpoints written before the extension points had their names kept the extensions under these prefixes.
+LEGACY_PREFIXES = {"src_ngrams.": "source_extension.", "copy.": "output_head."}
 
 
 class CheckpointError(ValueError):
@@ -110,7 +114,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Tra
     directory = Path(directory)
     config = load_config(directory)
     path = directory / WEIGHTS_FILE
-    state = load_state_dict(path, device)
+    state = {rename_legacy(name): tensor for name, tensor in load_state_dict(path, device).items()}
     model = Transformer(config).to(device)
     expected = model.state_dict()
     # Tied weights are stored once, under one of their names; their aliases load with it.
@@ -129,9 +133,14 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Tra
     return model.eval()
 
 
-def load_tokenizer(directory: str | Path):
-    from seq2seq.tokenizer import Tokenizer
+def rename_legacy(name: str) -> str:
+    for old, new in LEGACY_PREFIXES.items():
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
 
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
     path = Path(directory) / TOKENIZER_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (train one with `seq2seq data tokenizer`)")
@@ -146,14 +155,3 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu"):
         raise CheckpointError(f"{Path(directory) / TOKENIZER_FILE}: {tokenizer.vocab_size} tokens, but "
                               f"{Path(directory) / CONFIG_FILE} says vocab_size {model.config.vocab_size}")
     return model, tokenizer
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare model under DDP / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module"):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model

@@ -7,9 +7,8 @@ A classifier (from a fine-tuned checkpoint's `inference.json`, see `seq2seq.prom
      "labels": {"true": "yes", "false": "no"}}
 
 (tone and template optional: the text is put into the template it was phrased with in training, behind the
-task marker and tone token), and a label word's score is the summed log-probability of `<s> label-word </s>`,
-teacher-forced. Every
-(text, label word) pair is scored in one decoder pass per batch.
+task marker and tone token), and a label word's score is log p(label-word </s> | text) from the one scorer
+(`seq2seq.scoring`).
 
 `seq2seq classify --model DIR [--json] TEXT...` prints them (`-` reads texts from standard input, one per line).
 """
@@ -23,16 +22,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from seq2seq.checkpoint import load_pretrained, unwrap
+from seq2seq.checkpoint import load_pretrained
 from seq2seq.device import resolve_device
-from seq2seq.generation import eval_mode, right_pad
 from seq2seq.model import Transformer
 from seq2seq.prompting import InferenceSpec, build_source, check_classifier
+from seq2seq.runtime import unwrap
+from seq2seq.scoring import continuation_log_probs
 
 
-@torch.inference_mode()
 def classify(
     model: Transformer,
     tokenizer,
@@ -42,38 +40,21 @@ def classify(
 ) -> list[dict[str, float]]:
     """For each text, {label: probability} over the classifier's labels, in the order `classifier["labels"]`
     lists them, e.g. [{"true": 0.83, "false": 0.17}, ...]; each dict sums to 1. A text longer than the model's
-    source length keeps its end (`build_source` cuts from the left)."""
+    source length keeps its end (`build_source` cuts from the left). `batch_size` counts texts."""
     check_classifier(classifier)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    model = unwrap(model)
-    device = next(model.parameters()).device
     labels = list(classifier["labels"])
-    words = [[tokenizer.bos_id, *tokenizer.encode(word), tokenizer.eos_id] for word in classifier["labels"].values()]
-    targets, _ = right_pad(words, tokenizer.pad_id, device)  # (L, T); padding only at the end
-    tgt_in, tgt_out = targets[:, :-1], targets[:, 1:]
+    words = [tokenizer.encode(word) for word in classifier["labels"].values()]
     template = classifier.get("template", "{text}")
-    results = []
-    with eval_mode(model):
-        for start in range(0, len(texts), batch_size):
-            batch = texts[start:start + batch_size]
-            sources = [build_source(tokenizer, template.replace("{text}", text), task=classifier["task"],
-                                    tone=classifier.get("tone"),
-                                    max_len=model.config.max_seq_len).ids for text in batch]
-            src_ids, src_padding_mask = right_pad(sources, tokenizer.pad_id, device)
-            encoder_out = model.encode(src_ids, src_padding_mask)
-            # Row i * L + j pairs text i with label word j. No target mask: padding comes after the last real
-            # position, and the decoder is causal.
-            pairs = len(batch) * len(labels)
-            mask = None if src_padding_mask is None else src_padding_mask.repeat_interleave(len(labels), 0)
-            logits = model.decode(tgt_in.repeat(len(batch), 1), encoder_out.repeat_interleave(len(labels), 0), mask,
-                                  src_ids=src_ids.repeat_interleave(len(labels), 0))
-            out = tgt_out.repeat(len(batch), 1)  # (pairs, T-1)
-            log_probs = F.log_softmax(logits.float(), -1).gather(-1, out[..., None]).squeeze(-1)
-            scores = log_probs.masked_fill(out == tokenizer.pad_id, 0.0).sum(-1).view(pairs // len(labels), -1)
-            for row in scores.softmax(-1).tolist():
-                results.append(dict(zip(labels, row, strict=True)))
-    return results
+    sources = [build_source(tokenizer, template.replace("{text}", text), task=classifier["task"],
+                            tone=classifier.get("tone"), max_len=unwrap(model).config.max_seq_len).ids
+               for text in texts]
+    # Pair i * L + j is text i with label word j.
+    scores = continuation_log_probs(model, tokenizer, [source for source in sources for _ in words],
+                                    words * len(sources), batch_size * len(words))
+    by_text = torch.tensor(scores, dtype=torch.float64).view(len(texts), len(words))
+    return [dict(zip(labels, row, strict=True)) for row in by_text.softmax(-1).tolist()]
 
 
 def classify_all(model: Transformer, tokenizer, texts: Sequence[str], spec: InferenceSpec,

@@ -5,39 +5,40 @@ Conventions follow EleutherAI's lm-evaluation-harness so numbers compare:
 - the context is the instruction, then k demonstrations, then the query, joined by a blank line ("\\n\\n");
   each demonstration is `question + target_delimiter + answer`, the target delimiter a space;
 - demonstrations are drawn with a fixed seed from the demonstration split and never include the query item;
-- `loglikelihood` tasks score each choice by the summed log-probability of its tokens; `acc` is the argmax of
-  that sum, `acc_norm` the argmax of the sum divided by the choice's length in characters;
+- `loglikelihood` tasks score each choice by log p(choice </s> | context) from the one scorer (`seq2seq.scoring`,
+  which says why the end term is in); `acc` is the argmax of that score, `acc_norm` the argmax of the score
+  divided by the choice's length in characters;
 - `generate` tasks decode greedily and score exact match and token F1 (SQuAD normalisation).
 For the encoder-decoder the context is the encoder's input (behind the task marker and tone token the model
 was fine-tuned with, when it has them) and the answer is the decoder's: the decoder scores the choices, or
 generates. When the context is longer than the model's source length, demonstrations are dropped (the last
 first) before the query is cut from the left, and the report counts the dropped demonstrations.
 
-A task file (YAML): see `TaskConfig` below, and configs/eval/*.yaml for the built-in tasks.
+A task file (YAML): see `TaskConfig` below, and seq2seq/eval_tasks/*.yaml for the built-in tasks, which ship with
+the package. In `data` and `demo_data`, `{mixture}` stands for the mixture directory (`--mixture`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from data_pipelines.records import InvalidRecords, read_jsonl
-from data_pipelines.sources import sha256_file
 from seq2seq.config import from_dict, load_yaml, to_dict
-from seq2seq.metrics import exact_match, mean_and_stderr, token_f1
-from seq2seq.padding import pad
-from seq2seq.prompting import SHOT_SEPARATOR, TARGET_DELIMITER, render_with_shots
+from seq2seq.files import sha256_file, write_json_atomic, write_text_atomic
+from seq2seq.metrics import baseline_answers, exact_match, mean_and_stderr, token_f1
+from seq2seq.prompting import SHOT_SEPARATOR, TARGET_DELIMITER, InferenceSpec, render_with_shots
+from seq2seq.records import InvalidRecords, read_jsonl
+from seq2seq.scoring import continuation_log_probs
+from seq2seq.tasks import PRETRAINING_TASK
 
-BUILTIN_DIR = Path(__file__).resolve().parents[1] / "configs" / "eval"
+BUILTIN_DIR = Path(__file__).resolve().parent / "eval_tasks"
+DEFAULT_MIXTURE = "data/mixture/default"
 
 
 @dataclass
@@ -48,7 +49,7 @@ class GenerationSettings:
 @dataclass
 class TaskConfig:
     name: str
-    data: str  # a JSONL file: the mixture schema, or any JSONL with `fields` mapping
+    data: str  # a JSONL file: the mixture schema, or any JSONL with `fields` mapping; "{mixture}/test.jsonl"
     metric: Literal["loglikelihood", "generate"]
     query_split: str = "test"  # rows whose `split` field is this give the queries...
     demo_split: str = "train"  # ...and these the demonstrations
@@ -74,7 +75,7 @@ class TaskConfig:
 
 
 def load_task(spec: str) -> TaskConfig:
-    """A task by built-in name (configs/eval/NAME.yaml) or by path; a bad key is named with the file."""
+    """A task by built-in name (seq2seq/eval_tasks/NAME.yaml) or by path; a bad key is named with the file."""
     path = Path(spec)
     if not path.suffix:
         path = BUILTIN_DIR / f"{spec}.yaml"
@@ -198,51 +199,28 @@ def encode_context(task: TaskConfig, demos: list[Item], query: Item, tokenizer, 
 # Scoring
 
 
-@torch.no_grad()
-def choice_logprobs(model, tokenizer, sources: list[list[int]], choices: list[str], batch_size: int = 32,
-                    progress: tqdm | None = None) -> list[float]:
-    """Summed log-probability of each choice's tokens (lm-eval: no end-of-sequence term) given its source;
-    the decoder reads [bos] + choice tokens. One entry per (source, choice) pair."""
-    device = next(model.parameters()).device
-    scores = []
-    for start in range(0, len(sources), batch_size):
-        srcs = sources[start:start + batch_size]
-        targets = [tokenizer.encode(c) for c in choices[start:start + batch_size]]
-        src, src_mask = pad(srcs, tokenizer.pad_id)
-        tgt_in, tgt_mask = pad([[tokenizer.bos_id, *t[:-1]] for t in targets], tokenizer.pad_id)
-        tgt_out, _ = pad(targets, tokenizer.pad_id)
-        logits = model(src.to(device), tgt_in.to(device), None if src_mask is None else src_mask.to(device),
-                       None if tgt_mask is None else tgt_mask.to(device)).float()
-        logprobs = logits.log_softmax(-1).gather(-1, tgt_out.to(device)[..., None]).squeeze(-1)
-        for row, target in enumerate(targets):
-            scores.append(float(logprobs[row, :len(target)].sum()))
-        if progress is not None:
-            progress.update(len(srcs))
-    return scores
-
-
-def model_prefix(task: TaskConfig, tokenizer, inference: dict[str, Any] | None) -> list[int]:
+def model_prefix(task: TaskConfig, tokenizer, spec: InferenceSpec) -> list[int]:
     """The task marker and tone token to put first: the task's own when the model was fine-tuned (it has
     inference.json) and knows the marker; a pretrained-only model reads text behind its prefix-LM marker."""
-    if inference is None:
-        return [tokenizer.task_id("prefix_lm")] if "prefix_lm" in tokenizer.tasks else []
+    if not spec.fine_tuned:
+        return [tokenizer.task_id(PRETRAINING_TASK)] if PRETRAINING_TASK in tokenizer.tasks else []
     prefix = []
-    marker = task.task_marker or inference.get("task")
+    marker = task.task_marker or spec.task
     if marker and marker in tokenizer.tasks:
         prefix.append(tokenizer.task_id(marker))
-    if task.tone and inference.get("tones"):
+    if task.tone and spec.tones:
         prefix.append(tokenizer.tone_id(task.tone))
     return prefix
 
 
 def evaluate_task(model, tokenizer, task: TaskConfig, shots: list[int], limit: int | None, seed: int,
-                  inference: dict[str, Any] | None, max_len: int, batch_size: int = 32) -> list[dict[str, Any]]:
+                  spec: InferenceSpec, max_len: int, batch_size: int = 32) -> list[dict[str, Any]]:
     queries, demos = load_items(task)
     if limit is not None and len(queries) > limit:
         queries = [queries[i] for i in sorted(np.random.default_rng(seed).choice(len(queries), limit, replace=False))]
     if max(shots) > 0 and len(demos) < max(shots) + 1:
         raise ValueError(f"task {task.name}: {len(demos)} demonstration items cannot give {max(shots)} shots")
-    prefix = model_prefix(task, tokenizer, inference)
+    prefix = model_prefix(task, tokenizer, spec)
     answers = sorted({d.answer for d in demos} | {q.answer for q in queries})
     rows = []
     for k in shots:
@@ -257,8 +235,8 @@ def evaluate_task(model, tokenizer, task: TaskConfig, shots: list[int], limit: i
             options = [choices_for(task, q, answers, choice_rng) for q in queries]
             pairs = [(c.ids, choice) for c, opts in zip(contexts, options) for choice in opts]
             with tqdm(total=len(pairs), desc=f"{task.name} {k}-shot", leave=False) as progress:
-                scores = choice_logprobs(model, tokenizer, [p[0] for p in pairs], [p[1] for p in pairs], batch_size,
-                                         progress)
+                scores = continuation_log_probs(model, tokenizer, [p[0] for p in pairs],
+                                                [tokenizer.encode(p[1]) for p in pairs], batch_size, progress)
             acc, acc_norm, position = [], [], 0
             for q, opts in zip(queries, options):
                 s = np.array(scores[position:position + len(opts)])
@@ -267,7 +245,7 @@ def evaluate_task(model, tokenizer, task: TaskConfig, shots: list[int], limit: i
                 acc.append(float(opts[int(s.argmax())] == q.answer))
                 acc_norm.append(float(opts[int((s / lengths).argmax())] == q.answer))
             row["metrics"] = summarize_metric({"acc": acc, "acc_norm": acc_norm})
-            row["baselines"] = multiple_choice_baselines(queries, options, demos)
+            row["baselines"] = multiple_choice_baselines(queries, options, demos, seed)
         else:
             from seq2seq.generation import GenerationConfig, generate
 
@@ -290,20 +268,20 @@ def summarize_metric(values: dict[str, list[float]]) -> dict[str, dict[str, floa
     return {name: dict(zip(("value", "stderr"), mean_and_stderr(v))) for name, v in values.items()}
 
 
-def multiple_choice_baselines(queries: list[Item], options: list[list[str]], demos: list[Item]) -> dict[str, float]:
-    """Random choice (expected accuracy) and the majority answer of the demonstration split."""
-    majority = Counter(d.answer for d in demos).most_common(1)[0][0] if demos else None
+def multiple_choice_baselines(queries: list[Item], options: list[list[str]], demos: list[Item],
+                               seed: int) -> dict[str, float]:
+    """Random choice among each query's options (expected accuracy) and the demonstration split's most common
+    answer."""
+    majority = baseline_answers([d.answer for d in demos], len(queries), np.random.default_rng(seed))["majority"]
     random = float(np.mean([1 / len(o) for o in options]))
-    return {"random": random, "majority": float(np.mean([q.answer == majority for q in queries]))}
+    return {"random": random, "majority": float(np.mean([m == q.answer for m, q in zip(majority, queries)]))}
 
 
 def generation_baselines(queries: list[Item], demos: list[Item], seed: int) -> dict[str, float]:
     """Exact match of answering every query with the demo split's most common answer, and with a random one."""
-    answers = [d.answer for d in demos] or [""]
-    majority = Counter(answers).most_common(1)[0][0]
-    rng = np.random.default_rng(seed)
-    return {"majority": float(np.mean([exact_match(majority, q.answer) for q in queries])),
-            "random": float(np.mean([exact_match(str(rng.choice(answers)), q.answer) for q in queries]))}
+    answers = baseline_answers([d.answer for d in demos], len(queries), np.random.default_rng(seed))
+    return {name: float(np.mean([exact_match(a, q.answer) for a, q in zip(said, queries)]))
+            for name, said in answers.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -356,35 +334,43 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def run_eval(model_dir: str, task_specs: list[str], shots: list[int], limit: int | None, seed: int,
-             out: Path | None, device: str = "auto", batch_size: int = 32) -> dict[str, Any]:
-    from seq2seq.checkpoint import load_pretrained
+             out: Path | None, device: str = "auto", batch_size: int = 32,
+             mixture: str = DEFAULT_MIXTURE) -> dict[str, Any]:
+    from seq2seq.checkpoint import WEIGHTS_FILE, load_pretrained
     from seq2seq.device import resolve_device
 
-    tasks = [load_task(spec) for spec in task_specs]
+    if out is not None and out.suffix != ".json":
+        raise ValueError(f"--out {out}: give the results JSON path (FILE.json); the table (.md) and plot (.png) "
+                         f"go beside it")
+    tasks = [with_mixture(load_task(spec), mixture) for spec in task_specs]
     model, tokenizer = load_pretrained(model_dir, resolve_device(device))
-    inference_path = Path(model_dir) / "inference.json"
-    inference = json.loads(inference_path.read_text()) if inference_path.is_file() else None
+    spec = InferenceSpec.load(model_dir)
     max_len = model.config.max_seq_len
     rows = []
     for task in tasks:
-        rows += evaluate_task(model, tokenizer, task, shots, limit, seed, inference, max_len, batch_size)
+        rows += evaluate_task(model, tokenizer, task, shots, limit, seed, spec, max_len, batch_size)
     report = {
         "model": str(model_dir),
         "model_config": model.config.to_dict(),
-        "checkpoint_sha256": sha256_file(Path(model_dir) / "model.safetensors"),
+        "checkpoint_sha256": sha256_file(Path(model_dir) / WEIGHTS_FILE),
         "settings": {"tasks": [to_dict(t) for t in tasks], "shots": shots, "limit": limit, "seed": seed,
-                     "max_source_len": max_len, "fine_tuned": inference is not None},
+                     "max_source_len": max_len, "fine_tuned": spec.fine_tuned},
         "results": rows,
     }
     table = markdown_table(rows)
     print(table)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        out.with_suffix(".md").write_text(table + "\n")
+        write_json_atomic(out, report)
+        write_text_atomic(out.with_suffix(".md"), table + "\n")
         plot(rows, out.with_suffix(".png"))
         print(f"wrote {out}, {out.with_suffix('.md')} and {out.with_suffix('.png')}", file=sys.stderr)
     return report
+
+
+def with_mixture(task: TaskConfig, mixture: str) -> TaskConfig:
+    """The task with `{mixture}` in its data paths replaced by the mixture directory."""
+    return replace(task, data=task.data.replace("{mixture}", mixture),
+                   demo_data=task.demo_data and task.demo_data.replace("{mixture}", mixture))
 
 
 def parse_shots(text: str) -> list[int]:
@@ -399,7 +385,7 @@ def parse_shots(text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     run_eval(args.model, [t for t in args.tasks.split(",") if t], args.shots, args.limit, args.seed,
-             Path(args.out) if args.out else None, args.device, args.batch_size)
+             Path(args.out) if args.out else None, args.device, args.batch_size, args.mixture)
     return 0
 
 
@@ -414,7 +400,9 @@ def register(subparsers) -> None:
     parser.add_argument("--shots", type=parse_shots, default=[0, 1, 5], help="comma-separated k values (0,1,5)")
     parser.add_argument("--limit", type=int, default=None, help="at most this many query items per task")
     parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--out", help="results JSON path (the table .md and plot .png go beside it)")
+    parser.add_argument("--out", help="results JSON path, FILE.json (the table .md and plot .png go beside it)")
+    parser.add_argument("--mixture", default=DEFAULT_MIXTURE,
+                        help="mixture directory that built-in tasks read ({mixture} in a task's data paths)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.set_defaults(run=run)

@@ -3,12 +3,13 @@
 Decoding strategies, each a `GenerationConfig` setting:
 - greedy (temperature 0, the default), or sampling with `temperature`, `top_k` and `top_p` (nucleus), from a
   `torch.Generator` seeded with `seed`, so one seed gives one sample;
-- `repetition_penalty` (CTRL, Keskar et al., 2019): the logit of a token already generated is divided by the
-  penalty when positive and multiplied by it when negative;
+- `repetition_penalty` (CTRL, Keskar et al., 2019, applied to log-probabilities): the log-probability of a token
+  already generated is multiplied by the penalty (it is negative, so a penalty above 1 makes the token less likely);
 - beam search (`num_beams` > 1) with Hugging Face's `length_penalty` and `early_stopping` (see `Hypotheses`);
 - stopping: </s>, `max_new_tokens`, and `stop_strings` (the text ends before the first one).
 
-The encoder runs once per batch. The decoder runs one position per step with a `DecoderCache`: each layer's
+Every search reads the model through one contract, `Transformer.next_token_log_probs`, whatever extensions the
+model has. The encoder runs once per batch. The decoder runs one position per step with a `DecoderCache`: each layer's
 cross-attention keys/values are computed at the first step and kept, its self-attention keys/values grow by
 one position per step. Beam search computes the first step once per source, then selects each source's row once
 per beam (`DecoderCache.reorder` with repeated rows, nothing recomputed) and the surviving beams each step.
@@ -32,16 +33,16 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from seq2seq.checkpoint import unwrap
 from seq2seq.model import Transformer
-from seq2seq.padding import pad
+from seq2seq.padding import right_pad
+from seq2seq.runtime import eval_mode, unwrap
 
 FinishReason = Literal["eos", "stop_string", "length"]
 REPLACEMENT_CHARACTER = "\ufffd"  # what SentencePiece shows for the bytes of a character not yet complete
@@ -216,16 +217,7 @@ class Row:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The model side: encoder output, decoder cache, logits
-
-
-def right_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
-    """Id lists as one right-padded (b, n) tensor on `device`, and its padding mask (True at pad; None when no
-    row is padded, which lets attention skip the mask)."""
-    if any(len(ids) == 0 for ids in rows):
-        raise ValueError("every source needs at least one token")
-    ids, mask = pad([list(row) for row in rows], pad_id)
-    return ids.to(device), None if mask is None else mask.to(device)
+# The model side: encoder output, decoder cache, next-token log-probabilities
 
 
 class DecoderState:
@@ -233,32 +225,30 @@ class DecoderState:
 
     def __init__(self, model: Transformer, src_ids: Tensor, src_padding_mask: Tensor | None, use_cache: bool):
         self.model = model
-        self.encoder_out = model.encode(src_ids, src_padding_mask)  # (b, s, D)
+        self.src_ids = src_ids
         self.src_padding_mask = src_padding_mask
-        self.src_ids = src_ids if model.copy is not None else None  # a copying model reads them at every step
+        self.encoder_out = model.encode(src_ids, src_padding_mask)  # (b, s, D)
         self.cache = model.new_cache() if use_cache else None
 
-    def next_logits(self, tgt_ids: Tensor) -> Tensor:
-        """Logits (b, V) of the position after `tgt_ids` (b, t). With the cache only the last id is new."""
-        if self.cache is None:
-            return self.model.decode(tgt_ids, self.encoder_out, self.src_padding_mask, src_ids=self.src_ids)[:, -1]
-        return self.model.decode(tgt_ids[:, -1:], self.encoder_out, self.src_padding_mask, cache=self.cache,
-                                 src_ids=self.src_ids)[:, -1]
+    def next_log_probs(self, tgt_ids: Tensor) -> Tensor:
+        """Log-probabilities (b, V) of the position after `tgt_ids` (b, t). With the cache only the last id is new."""
+        new_ids = tgt_ids if self.cache is None else tgt_ids[:, -1:]
+        return self.model.next_token_log_probs(new_ids, self.encoder_out, self.src_ids, self.src_padding_mask,
+                                               cache=self.cache)
 
     def select(self, index: Tensor) -> None:
         """Keep batch rows `index`, in that order (a row may repeat: one row per beam)."""
         if self.cache is not None:
             self.cache.reorder(index)
         self.encoder_out = self.encoder_out.index_select(0, index)
+        self.src_ids = self.src_ids.index_select(0, index)
         if self.src_padding_mask is not None:
             self.src_padding_mask = self.src_padding_mask.index_select(0, index)
-        if self.src_ids is not None:
-            self.src_ids = self.src_ids.index_select(0, index)
 
 
 class LogitsProcessor:
-    """Turns the model's next-token logits into the scores a search picks from: no reserved tokens, no </s>
-    before `min_new_tokens`, the repetition penalty. In place: the logits are fresh from the model."""
+    """Turns the model's next-token log-probabilities into the scores a search picks from: no reserved tokens,
+    no </s> before `min_new_tokens`, the repetition penalty. In place: the scores are fresh from the model."""
 
     def __init__(self, tokenizer, config: GenerationConfig, device: torch.device):
         vocab = range(tokenizer.vocab_size)
@@ -268,14 +258,14 @@ class LogitsProcessor:
         self.min_new_tokens = config.min_new_tokens
         self.repetition_penalty = config.repetition_penalty
 
-    def __call__(self, logits: Tensor, generated: Tensor, step: int) -> Tensor:
-        """logits (b, V); generated (b, step): the ids generated so far in each row."""
+    def __call__(self, scores: Tensor, generated: Tensor, step: int) -> Tensor:
+        """scores (b, V): log-probabilities; generated (b, step): the ids generated so far in each row."""
         if self.repetition_penalty != 1.0 and generated.shape[1]:
-            seen = logits.gather(1, generated)
+            seen = scores.gather(1, generated)
             seen = torch.where(seen > 0, seen / self.repetition_penalty, seen * self.repetition_penalty)
-            logits.scatter_(1, generated, seen)
+            scores.scatter_(1, generated, seen)
         banned = self.banned_before_min if step < self.min_new_tokens else self.banned
-        return logits.index_fill_(1, banned, -math.inf)
+        return scores.index_fill_(1, banned, -math.inf)
 
 
 def sample_next(logits: Tensor, config: GenerationConfig, generator: torch.Generator) -> Tensor:
@@ -313,17 +303,6 @@ def decoding_steps(model: Transformer, config: GenerationConfig) -> int:
     return config.max_new_tokens
 
 
-@contextmanager
-def eval_mode(model: Transformer):
-    """Generation never wants dropout; the caller's training mode comes back afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Greedy decoding and sampling
 
@@ -345,14 +324,14 @@ class StaticDecoderState:
         src_ids = torch.cat([src_ids, src_ids.new_zeros(b, padded - s)], dim=1)  # pad ids, masked out
         self.encoder_out = model.encode(src_ids, mask)
         self.src_padding_mask = mask
-        self.src_ids = src_ids if model.copy is not None else None
+        self.src_ids = src_ids
         self.cache = model.new_static_cache(self.encoder_out, capacity)
         self.step = compiled_step(model)
         self.rows = torch.arange(b, device=src_ids.device)  # the compiled batch's rows that the caller still has
         self.last_ids = torch.zeros(b, 1, dtype=torch.long, device=src_ids.device)
         self.first_step = True
 
-    def next_logits(self, tgt_ids: Tensor) -> Tensor:
+    def next_log_probs(self, tgt_ids: Tensor) -> Tensor:
         self.last_ids[self.rows] = tgt_ids[:, -1:]  # dropped rows keep their last id
         # Only the first step can compile (the shapes never change afterwards). Freezing is read outside the
         # options that torch.compile passes to Inductor, so it is patched in around that step (~40 us, not paid on
@@ -361,9 +340,9 @@ class StaticDecoderState:
                  else nullcontext())
         self.first_step = False
         with patch:
-            logits = self.step(self.last_ids, self.encoder_out, self.src_padding_mask, cache=self.cache,
-                               src_ids=self.src_ids)[:, -1]
-        return logits if len(self.rows) == len(logits) else logits.index_select(0, self.rows)
+            log_probs = self.step(self.last_ids, self.encoder_out, self.src_ids, self.src_padding_mask,
+                                  cache=self.cache)
+        return log_probs if len(self.rows) == len(log_probs) else log_probs.index_select(0, self.rows)
 
     def select(self, index: Tensor) -> None:
         """Keep rows `index` of those kept so far, in order (no repeats: this is not for beam search)."""
@@ -374,7 +353,7 @@ _compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def compiled_step(model: Transformer):
-    """`model.decode` through `torch.compile`, one per model, its weights frozen in as constants (so it is
+    """`model.next_token_log_probs` through `torch.compile`, one per model, its weights frozen in as constants (so it is
     compiled again if they change). On CPU Inductor's C++ GEMM templates replace MKL's, which at one row per
     step spend most of their time starting up. Each new batch size, source bucket or cache capacity compiles
     again (about 30 s each for the model of bench/bench_generate.py on 2 cores; cached on disk)."""
@@ -387,7 +366,7 @@ def compiled_step(model: Transformer):
         # Only the C++ templates are timed (timing MKL too adds ~20 s of compiling and never won here); a
         # matrix product they cannot do falls back to ATen.
         options.update(max_autotune_gemm_backends="CPP", autotune_fallback_to_aten=True)
-    step = torch.compile(model.decode, fullgraph=True, dynamic=False, options=options)
+    step = torch.compile(model.next_token_log_probs, fullgraph=True, dynamic=False, options=options)
     _compiled_steps[model] = (weights, step)
     return step
 
@@ -417,8 +396,8 @@ def greedy_or_sampling(model: Transformer, tokenizer, sources: Sequence[Sequence
         tokens = torch.full((len(rows), 1 + steps), tokenizer.bos_id, dtype=torch.long, device=device)  # (b, 1+n)
         live = list(range(len(rows)))  # batch row i is rows[live[i]]
         for step in range(steps):
-            logits = process(state.next_logits(tokens[:, :step + 1]), tokens[:, 1:step + 1], step)  # (b, V)
-            next_ids = sample_next(logits, config, generator) if generator is not None else logits.argmax(-1)
+            scores = process(state.next_log_probs(tokens[:, :step + 1]), tokens[:, 1:step + 1], step)  # (b, V)
+            next_ids = sample_next(scores, config, generator) if generator is not None else scores.argmax(-1)
             tokens[:, step + 1] = next_ids
             ended = [i for i, token in enumerate(next_ids.tolist()) if rows[live[i]].add(token)]
             yield
@@ -487,8 +466,8 @@ def beam_search(model: Transformer, tokenizer, sources: Sequence[Sequence[int]],
         beam_scores = torch.zeros(len(rows), device=device)  # summed log-probs of each running beam
         steps = decoding_steps(model, config)
         for step in range(steps):
-            logits = process(state.next_logits(sequences), sequences[:, 1:], step)
-            log_probs = logits.float().log_softmax(-1) + beam_scores[:, None]  # (b*beams, V)
+            scores = process(state.next_log_probs(sequences), sequences[:, 1:], step)
+            log_probs = scores.log_softmax(-1) + beam_scores[:, None]  # (b*beams, V): renormalised after the bans
             beams, vocab = sequences.shape[0] // len(live), log_probs.shape[-1]  # 1 beam at the first step
             top_scores, top_index = log_probs.view(len(live), beams * vocab).topk(2 * k, dim=1)  # (b, 2k)
             origin, new_scores, new_tokens, still_live = [], [], [], []

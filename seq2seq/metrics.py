@@ -54,3 +54,12 @@ def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
         return mean, 0.0
     variance = sum((v - mean) ** 2 for v in values) / (n - 1)
     return mean, math.sqrt(variance / n)
+
+
+def baseline_answers(known_answers: Sequence[str], n: int, rng) -> dict[str, list[str]]:
+    """What two systems that never read the question answer to n queries, given the answers of a reference split
+    (train, or the demonstrations): "majority", its most common answer every time, and "random", an answer drawn
+    from it (so a classifier's random baseline follows the class prior). `rng`: a numpy Generator."""
+    answers = list(known_answers) or [""]
+    majority = Counter(answers).most_common(1)[0][0]
+    return {"majority": [majority] * n, "random": [str(answers[i]) for i in rng.integers(0, len(answers), n)]}

@@ -16,3 +16,12 @@ def pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor 
         return ids, None
     lengths = torch.tensor([len(r) for r in rows])
     return ids, torch.arange(length)[None, :] >= lengths[:, None]
+
+
+def right_pad(rows, pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Id lists as one right-padded (b, n) tensor on `device`, and its padding mask (True at pad; None when no
+    row is padded, which lets attention skip the mask). Every row needs a token."""
+    if any(len(ids) == 0 for ids in rows):
+        raise ValueError("every source needs at least one token")
+    ids, mask = pad([list(row) for row in rows], pad_id)
+    return ids.to(device), None if mask is None else mask.to(device)

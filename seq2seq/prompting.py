@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The pretraining prefix-to-continuation task (pretrain/objectives.py): a pretrained-only checkpoint continues
-# whatever text follows this marker.
-PRETRAINING_TASK = "prefix_lm"
+from seq2seq.tasks import PRETRAINING_TASK
+
 INFERENCE_FILE = "inference.json"
 
 

@@ -28,7 +28,6 @@ from typing import TextIO
 
 from seq2seq.checkpoint import load_pretrained
 from seq2seq.classify import classify_all, format_probabilities, probability_true
-from seq2seq.classify import register as register_classify
 from seq2seq.device import resolve_device
 from seq2seq.generation import GenerationConfig, generate, stream
 from seq2seq.model import Transformer
@@ -440,4 +439,3 @@ def register(subparsers) -> None:
     one.add_argument("--json", action="store_true",
                      help="print one JSON object: prompt, text, finish_reason, tone, new_tokens")
     one.set_defaults(run=run_generate)
-    register_classify(subparsers)  # `seq2seq classify` lives in seq2seq/classify.py

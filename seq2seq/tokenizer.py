@@ -21,20 +21,10 @@ import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
+from seq2seq.tasks import TASKS, TONES
+
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-TONES = ("plain", "joke", "sarcastic")
-# Fine-tuning tasks (the `task` field of the mixture's JSONL) and the two pretraining objectives.
-TASKS = (
-    "chat",  # conversation context -> next turn; jokes_qa question -> punchline under the <joke> tone
-    "speaker",  # Shakespeare: a scene and a line in it -> who says it
-    "next_turn",  # Shakespeare: one speaker's turn -> the reply that follows
-    "continue",  # Shakespeare: a passage -> the lines that follow
-    "headline",  # a few keywords -> a headline, under the <plain> or <sarcastic> tone
-    "is_joke",  # text -> "yes" / "no"
-    "is_sarcastic",  # headline -> "yes" / "no"
-    "prefix_lm",  # pretraining: a prefix of a document -> its continuation
-    "span_corruption",  # pretraining: T5 span corruption with sentinels
-)
+# The reserved tone tokens and task markers come from seq2seq.tasks (TONES, TASKS).
 NUM_SENTINELS = 32
 TOKENIZER_FILENAME = "tokenizer.model"
 META_SPACE = "\u2581"  # SentencePiece's stand-in for " "; a literal one in the input is spelled as bytes

@@ -45,7 +45,7 @@ from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
 from seq2seq.checkpoint import atomic_directory, save_pretrained, write_model_files
-from seq2seq.model import LearnedPositionalEmbedding, NGramEmbedding, TokenEmbedding, Transformer
+from seq2seq.model import Transformer
 
 
 @dataclass
@@ -173,11 +173,11 @@ def make_accelerator(config: TrainConfig, output_dir: Path, log: bool = True) ->
 
 
 def parameter_groups(model: Transformer, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay matrices of linear layers only; not norms, biases or embeddings."""
+    """AdamW groups: decay matrices of linear layers only; not norms, biases or embeddings (modules that say
+    `no_weight_decay`)."""
     no_decay = set()
     for module in model.modules():
-        if isinstance(module, (TokenEmbedding, NGramEmbedding, LearnedPositionalEmbedding, torch.nn.LayerNorm,
-                               torch.nn.RMSNorm)):
+        if getattr(module, "no_weight_decay", False) or isinstance(module, (torch.nn.LayerNorm, torch.nn.RMSNorm)):
             no_decay.update(id(p) for p in module.parameters(recurse=False))
     decay, other = [], []
     for parameter in model.parameters():  # tied parameters appear once

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from test_generation import PROMPTS, tiny_model, train_tokenizer
+from helpers import PROMPTS, tiny_model, train_tokenizer
 
 from seq2seq.checkpoint import save_pretrained
 from seq2seq.classify import classify

@@ -10,8 +10,8 @@ import pytest
 
 from data_pipelines.mixture import MixtureConfig, MixtureSource, build_mixture, load_mixture
 from data_pipelines.readers import read_dailydialog, read_humor_colbert, read_jokes_qa, read_sarcasm_headlines
-from data_pipelines.records import InvalidRecordError, InvalidRecords
 from seq2seq.cli import main
+from seq2seq.records import InvalidRecordError, InvalidRecords
 
 GOOD = {"prompt": "Tell me a joke.", "response": "Why did the chicken cross the road?", "task": "chat"}
 BAD_LINES = {

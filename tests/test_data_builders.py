@@ -15,9 +15,10 @@ from data_pipelines.builders import BUILDERS, BuildContext
 from data_pipelines.builders.sarcasm import HEADLINE_PROMPTS
 from data_pipelines.offensive import OffensiveFilter, default_filter
 from data_pipelines.readers import detokenize, read_dailydialog, shakespeare_speeches
-from data_pipelines.records import InvalidRecords
-from data_pipelines.schema import FIELDS, LABEL_WORDS, tone_of
+from data_pipelines.schema import FIELDS
 from data_pipelines.splits import SHAKESPEARE_VAL_START, split_of
+from seq2seq.records import InvalidRecords
+from seq2seq.tasks import LABEL_WORDS, tone_of
 
 SOURCE_BUILDERS = [name for name in BUILDERS if name != "jsonl"]
 
@@ -76,6 +77,7 @@ def test_shakespeare_examples_come_from_their_split_region(name: str, built, sha
         assert row["labels"] == {"joke": None, "sarcasm": None} and tone_of(row) == "plain"
 
 
+@pytest.mark.slow
 def test_speaker_questions_are_answered_by_the_speaker_after_their_scene(built, shakespeare_text: str):
     said = {(s.speaker, line.strip()) for s in shakespeare_speeches(shakespeare_text) for line in s.text.split("\n")}
     rows = built["shakespeare_speaker"][0]

@@ -29,6 +29,7 @@ def test_fetch_from_a_local_folder(shared_data: Path, tmp_path: Path, capsys):
     assert "fetched 5 source(s)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_tokenizer_corpus_build_end_to_end(sample_raw_dir: Path, tmp_path: Path, capsys):
     dirs = ["--data-dir", str(tmp_path), "--raw-dir", str(sample_raw_dir)]
     assert main(["data", "tokenizer", *dirs, "vocab_size=600"]) == 0

@@ -19,9 +19,9 @@ from data_pipelines.sources import (
     remove_held_out_csv,
     remove_held_out_lines,
     resolve_sources,
-    sha256_file,
 )
 from data_pipelines.splits import bucket
+from seq2seq.files import sha256_file
 
 
 def test_fetch_copies_every_file_with_its_sha256(shared_data: Path, tmp_path: Path):

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pretrain_fixtures import make_corpus
+from helpers import make_corpus
 
 from seq2seq.checkpoint import save_pretrained
 from seq2seq.evaluation import (
     Item,
     TaskConfig,
-    choice_logprobs,
     encode_context,
     evaluate_task,
     load_task,
@@ -22,6 +21,8 @@ from seq2seq.evaluation import (
     sample_demonstrations,
 )
 from seq2seq.model import ModelConfig, Transformer
+from seq2seq.prompting import InferenceSpec
+from seq2seq.scoring import continuation_log_probs
 from seq2seq.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,27 +63,16 @@ def test_demonstrations_are_seeded_and_never_the_query():
     assert sample_demonstrations(demos, query, 0, np.random.default_rng(0)) == []
 
 
-def test_choice_score_is_the_sum_of_its_token_logprobs(model, tokenizer):
-    source = tokenizer.encode("ROMEO:\nSweet love") + [tokenizer.eos_id]
-    choices = ["the moon", "yes"]
-    scores = choice_logprobs(model, tokenizer, [source, source], choices)
-    for choice, score in zip(choices, scores):
-        ids = tokenizer.encode(choice)
-        with torch.no_grad():
-            logits = model(torch.tensor([source]), torch.tensor([[tokenizer.bos_id, *ids[:-1]]]))[0]
-        by_hand = sum(float(logits[i].log_softmax(-1)[token]) for i, token in enumerate(ids))
-        assert score == pytest.approx(by_hand, abs=1e-4)
-
-
 def test_acc_norm_divides_by_characters(model, tokenizer, tmp_path):
     # Two choices whose summed log-probs favour the short one, per character the long one.
     rows = [{"prompt": "q", "response": "a", "split": "test"}, {"prompt": "r", "response": "a", "split": "train"}]
     path = tmp_path / "items.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = task(data=str(path), choices=["a", "a a a a a a a a"])
-    result = evaluate_task(model, tokenizer, config, [0], None, 0, None, 64)[0]
+    result = evaluate_task(model, tokenizer, config, [0], None, 0, InferenceSpec(), 64)[0]
     source = encode_context(config, [], Item("q", "a", {}), tokenizer, [tokenizer.task_id("prefix_lm")], 64).ids
-    short, long = choice_logprobs(model, tokenizer, [source, source], config.choices)
+    short, long = continuation_log_probs(model, tokenizer, [source, source],
+                                         [tokenizer.encode(c) for c in config.choices])
     assert result["metrics"]["acc"]["value"] == float(short > long)
     assert result["metrics"]["acc_norm"]["value"] == float(short / 1 > long / len(config.choices[1]))
 
@@ -103,6 +93,7 @@ def test_demonstrations_are_dropped_before_the_query_is_cut(tokenizer):
     assert tokenizer.decode(cut.ids[1:-1]) in query.question  # the end of the query survives
 
 
+@pytest.mark.slow
 def test_user_task_file_runs_end_to_end(model, tokenizer, tmp_path):
     checkpoint = tmp_path / "model"
     save_pretrained(model, checkpoint, tokenizer)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pretrain_fixtures import make_corpus, synthetic_play
+from helpers import make_corpus, synthetic_play
 
 from finetune.batching import Encoded, LengthGroupedBatches
 from finetune.recipe import ExampleEncoder, FinetuneDataConfig
@@ -174,6 +174,7 @@ def finetune(args: list[str]) -> subprocess.CompletedProcess:
                           text=True, cwd=REPO, timeout=600)
 
 
+@pytest.mark.slow
 def test_finetune_command_end_to_end(tokenizer, tmp_path):
     pretrained = save_tiny_checkpoint(tokenizer, tmp_path / "pretrained")
     mixture = small_mixture(tmp_path / "mixture")
@@ -200,11 +201,13 @@ def test_finetune_command_end_to_end(tokenizer, tmp_path):
     assert any("val_loss" in m for m in metrics) and any("loss" in m for m in metrics)
 
 
+@pytest.mark.slow
 def test_from_must_be_a_checkpoint(tmp_path):
     result = finetune(["--from", str(tmp_path), f"output_dir={tmp_path / 'run'}"])
     assert result.returncode == 2 and "config.json" in result.stderr
 
 
+@pytest.mark.slow
 def test_tokenizer_that_does_not_match_the_model_is_named(tokenizer, tmp_path):
     pretrained = save_tiny_checkpoint(tokenizer, tmp_path / "pretrained")
     Tokenizer.train([synthetic_play(20_000)], pretrained, tokenizer.vocab_size + 64)  # replaces tokenizer.model
@@ -212,6 +215,7 @@ def test_tokenizer_that_does_not_match_the_model_is_named(tokenizer, tmp_path):
     assert result.returncode == 2 and "tokenizer.model" in result.stderr and "vocab_size" in result.stderr
 
 
+@pytest.mark.slow
 def test_mixture_without_training_examples_stops(tokenizer, tmp_path):
     pretrained = save_tiny_checkpoint(tokenizer, tmp_path / "pretrained")
     mixture = small_mixture(tmp_path / "mixture")
@@ -220,8 +224,10 @@ def test_mixture_without_training_examples_stops(tokenizer, tmp_path):
     assert result.returncode == 2 and "no training examples" in result.stderr
 
 
-@pytest.mark.parametrize("override,field", [("source_ngrams.orders=[2, 2]", "source_ngrams.orders"),
-                                            ("source_ngrams.dropout=1.0", "source_ngrams.dropout")])
+@pytest.mark.parametrize("override,field", [("model.source_ngrams=[2, 2]", "model.source_ngrams"),
+                                            ("model.ngram_dropout=1.0", "model.ngram_dropout"),
+                                            ("model.d_model=64", "model.d_model"),
+                                            ("model.depth=3", "model.depth")])
 def test_bad_ngram_settings_name_the_key(override, field):
     from finetune.recipe import load_config
 

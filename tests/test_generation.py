@@ -2,15 +2,14 @@
 beam scores are the model's own log-probabilities, the sampling controls, seeds, stop strings, and streaming
 that joins to the non-streamed text without ever showing half a character.
 
-The tokenizer, model and checkpoint helpers here are shared with test_repl.py, test_classify.py and
-test_prompting.py."""
+The tiny tokenizer and model come from helpers.py (shared with test_repl.py, test_classify.py and
+test_prompting.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import PROMPTS, tiny_model, train_tokenizer
 
 from seq2seq.generation import (
     GenerationConfig,
@@ -25,29 +24,7 @@ from seq2seq.model import ModelConfig, Transformer
 from seq2seq.prompting import build_source
 from seq2seq.tokenizer import Tokenizer
 
-TEXT = ("The quick brown fox jumps over the lazy dog. Why did the chicken cross the road? To get to the other "
-        "side!\nOh great, another Monday. I just love meetings that could have been emails. Café au lait costs "
-        "3€.\n")
-PROMPTS = ["Why did", "Oh great, another Monday", "The quick brown fox jumps over the lazy dog again and again",
-           "3€", "I just love"]
 MULTI_BYTE = "naïve café: 3€ — 日本語 😀!"  # mostly outside the tiny vocabulary: spelled as UTF-8 bytes
-
-
-def train_tokenizer(directory: Path | None = None) -> Tokenizer:
-    return Tokenizer.train([TEXT * 40], directory, vocab_size=400)
-
-
-def tiny_model(tokenizer: Tokenizer, seed: int = 0, **overrides) -> Transformer:
-    """A random pre-norm model with its own output projection: unlike a tied random model, which repeats its
-    input token forever, it writes varied tokens, and with a scaled-up </s> row some answers end early."""
-    config = dict(vocab_size=tokenizer.vocab_size, d_model=32, n_heads=4, n_encoder_layers=2, n_decoder_layers=2,
-                  d_ff=64, dropout=0.0, max_seq_len=64, norm_placement="pre", tie_embeddings=False)
-    config.update(overrides)
-    torch.manual_seed(seed)
-    model = Transformer(ModelConfig(**config)).eval()
-    with torch.no_grad():
-        model.output_proj.weight[tokenizer.eos_id] *= 4
-    return model
 
 
 def sources_for(tokenizer: Tokenizer, prompts: list[str]) -> list[list[int]]:
@@ -121,6 +98,7 @@ def test_cached_beam_search_equals_uncached(model, tokenizer, batch):
     assert [r.score for r in cached] == pytest.approx([r.score for r in uncached], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_compiled_decoding_equals_eager(tokenizer):
     """torch.compile over the static cache: the same tokens, texts and finish reasons as eager decoding, for a
     batch of mixed source lengths whose rows end at different steps (they decode on, unread), greedy, and sampled
@@ -306,15 +284,14 @@ class ScriptedModel(Transformer):
         super().__init__(config)
         self.script = script
 
-    def decode(self, tgt_ids, encoder_out, src_padding_mask=None, tgt_padding_mask=None, cache=None,
-               return_hidden=False, src_ids=None):
+    def log_probs(self, tgt_ids, encoder_out, src_ids, src_padding_mask=None, tgt_padding_mask=None, cache=None):
         b, t = tgt_ids.shape
         position = (cache.length if cache is not None else 0) + t - 1  # the index of the token to write next
         if cache is not None:
             cache.length += t
         logits = torch.zeros(b, t, self.config.vocab_size)
         logits[:, :, self.script[min(position, len(self.script) - 1)]] = 10.0
-        return logits
+        return logits.log_softmax(-1)
 
 
 def scripted(tokenizer: Tokenizer, text: str, end: bool = True) -> ScriptedModel:

@@ -12,9 +12,8 @@ from seq2seq.model import (
     NGramEmbedding,
     SublayerConnection,
     Transformer,
+    adapt,
     count_parameters,
-    with_copy_attention,
-    with_source_ngrams,
 )
 
 POSITIONS = ["sinusoidal", "learned", "rotary"]
@@ -105,8 +104,7 @@ def test_cached_decoding_equals_full_forward(positions, norm_placement, copy):
         full = model(src, tgt, src_padding_mask=src_mask)
         memory = model.encode(src, src_mask)
         cache = model.new_cache()
-        steps = [model.decode(tgt[:, i:i + 1], memory, src_mask, cache=cache, src_ids=src)
-                 for i in range(tgt.shape[1])]
+        steps = [model.log_probs(tgt[:, i:i + 1], memory, src, src_mask, cache=cache) for i in range(tgt.shape[1])]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
     # Cross-attention keys/values were computed once and kept.
     assert all(layer.cross_kv is not None for layer in cache.layers)
@@ -127,8 +125,8 @@ def test_static_cache_decoding_equals_full_forward(positions, norm_placement, co
         full = model(src, tgt, src_padding_mask=src_mask)
         memory = model.encode(src, src_mask)
         cache = model.new_static_cache(memory, capacity=16)
-        steps = [model.decode(tgt[:, i:i + 1], memory, src_mask, cache=cache, src_ids=src) for i in range(6)]
-        steps.append(model.decode(tgt[:, 6:], memory, src_mask, cache=cache, src_ids=src))
+        steps = [model.log_probs(tgt[:, i:i + 1], memory, src, src_mask, cache=cache) for i in range(6)]
+        steps.append(model.log_probs(tgt[:, 6:], memory, src, src_mask, cache=cache))
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
     assert cache.length.tolist() == [tgt.shape[1]]
     assert cache.layers[0].self_k.shape == (3, 4, 16, 8)  # the buffers never grew
@@ -147,7 +145,7 @@ def test_cached_decoding_in_chunks_equals_full_forward():
         full = model(src, tgt)
         memory = model.encode(src)
         cache = model.new_cache()
-        chunks = [model.decode(tgt[:, a:b], memory, cache=cache) for a, b in [(0, 4), (4, 5), (5, 9)]]
+        chunks = [model.log_probs(tgt[:, a:b], memory, src, cache=cache) for a, b in [(0, 4), (4, 5), (5, 9)]]
     torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=0)
 
 
@@ -161,11 +159,13 @@ def test_cache_reorder_follows_beams():
         cache.reorder(torch.tensor([0, 0, 1, 1]))  # (2 -> 4 rows, one per beam): [a, a, b, b]
         order = torch.tensor([3, 0, 2, 1])  # -> [b, a, b, a]
         cache.reorder(order)
-        step = model.decode(tgt[[1, 0, 1, 0], 3:4], memory.repeat_interleave(2, 0)[order], cache=cache)
+        step = model.log_probs(tgt[[1, 0, 1, 0], 3:4], memory.repeat_interleave(2, 0)[order], src[[1, 0, 1, 0]],
+                                cache=cache)
         full = model(src, tgt)
     torch.testing.assert_close(step[:, 0], full[[1, 0, 1, 0], 3], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_one_batch():
     torch.manual_seed(0)
     model = Transformer(tiny_config(d_model=64, d_ff=128, norm_placement="pre")).train()
@@ -299,17 +299,18 @@ def test_copy_distribution_is_the_attention_summed_over_each_source_token():
     mask = src == 0
     tgt = random_ids(1, 4, 2)
     with torch.no_grad():
-        torch.nn.init.constant_(model.copy.gate.bias, -40.0)  # copy only
+        torch.nn.init.constant_(model.output_head.gate.bias, -40.0)  # copy only
         log_probs = model(src, tgt, src_padding_mask=mask)
         probs = log_probs.exp()
         torch.testing.assert_close(probs.sum(-1), torch.ones(1, 4), atol=1e-4, rtol=0)
         assert probs[..., [3, 7, 9, 12]].sum(-1).min() > 0.999  # all mass on the real source tokens
-        hidden = model.decode(tgt, model.encode(src, mask), mask, return_hidden=True)
-        scores = model.copy.query(hidden) @ model.copy.key(model.encode(src, mask)).transpose(1, 2) / 32 ** 0.5
+        hidden = model.decode(tgt, model.encode(src, mask), mask)
+        head = model.output_head
+        scores = head.query(hidden) @ head.key(model.encode(src, mask)).transpose(1, 2) / 32 ** 0.5
         scores[:, :, 1:] += CopyAttention.FOLLOW_INIT * (src[:, None, :-1] == tgt[:, :, None])
         attention = scores.masked_fill(mask[:, None], float("-inf")).softmax(-1)
         torch.testing.assert_close(probs[..., 7], attention[..., 0] + attention[..., 2], atol=1e-5, rtol=0)
-        torch.nn.init.constant_(model.copy.gate.bias, 40.0)  # generate only: the vocabulary softmax
+        torch.nn.init.constant_(model.output_head.gate.bias, 40.0)  # generate only: the vocabulary softmax
         logits = model.project(hidden)
         torch.testing.assert_close(model(src, tgt, src_padding_mask=mask), logits.log_softmax(-1), atol=1e-5,
                                    rtol=0)
@@ -321,8 +322,8 @@ def test_copying_goes_on_after_the_token_just_written():
     model = tiny_model(copy_attention=True)
     src = torch.tensor([[5, 9, 12, 7, 30, 9, 14]])  # 9 twice: after it come 12 and 14
     with torch.no_grad():
-        torch.nn.init.zeros_(model.copy.query.weight)
-        torch.nn.init.constant_(model.copy.gate.bias, -40.0)
+        torch.nn.init.zeros_(model.output_head.query.weight)
+        torch.nn.init.constant_(model.output_head.gate.bias, -40.0)
         probs = model(src, torch.tensor([[3, 9]]))[0, 1].exp()  # the step after writing 9
     follow = torch.tensor(CopyAttention.FOLLOW_INIT).exp()
     expected = follow / (2 * follow + 5)  # two following positions boosted, five not
@@ -332,16 +333,35 @@ def test_copying_goes_on_after_the_token_just_written():
 
 def test_adding_copy_attention_keeps_the_pretrained_weights():
     model = tiny_model(positions="rotary")
-    copying = with_copy_attention(model)
-    assert copying.copy is not None and with_copy_attention(copying) is copying
+    copying = adapt(model, {"copy_attention": True})
+    assert isinstance(copying.output_head, CopyAttention) and adapt(copying, {"copy_attention": True}) is copying
     assert copying.num_parameters() == count_parameters(copying.config) > model.num_parameters()
-    assert copying.copy.gate.bias.item() == CopyAttention.GATE_BIAS
+    assert copying.output_head.gate.bias.item() == CopyAttention.GATE_BIAS
     src, tgt = random_ids(2, 6, 1), random_ids(2, 5, 2)
     with torch.no_grad():
-        torch.nn.init.constant_(copying.copy.gate.bias, 40.0)
-        torch.testing.assert_close(copying(src, tgt), model(src, tgt).log_softmax(-1), atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match="needs src_ids"):
-        copying.decode(tgt, copying.encode(src))
+        torch.nn.init.constant_(copying.output_head.gate.bias, 40.0)
+        torch.testing.assert_close(copying(src, tgt), model(src, tgt), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("changes,key", [({"d_model": 64}, "model.d_model"), ({"positions": "learned"},
+                                         "model.positions"), ({"depth": 3}, "model.depth")])
+def test_fine_tuning_cannot_change_what_shapes_the_pretrained_weights(changes, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        adapt(tiny_model(), changes)
+
+
+def test_every_model_answers_the_one_decoding_contract():
+    """Greedy, sampling, beams, classification and scoring read `next_token_log_probs` / `log_probs`: for any
+    model, extensions or not, they are normalised log-probabilities that agree with the full forward pass."""
+    src, tgt = random_ids(2, 6, 1), random_ids(2, 5, 2)
+    for extensions in ({}, {"copy_attention": True}, {"source_ngrams": (1, 2), "ngram_buckets": 31}):
+        model = tiny_model(**extensions)
+        with torch.no_grad():
+            full = model(src, tgt)
+            memory = model.encode(src)
+            last = model.next_token_log_probs(tgt, memory, src)
+        torch.testing.assert_close(full.exp().sum(-1), torch.ones(2, 5), atol=1e-4, rtol=0)
+        torch.testing.assert_close(last, full[:, -1], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
@@ -385,6 +405,7 @@ def copy_task(n: int, seed: int, low: int, high: int) -> tuple[torch.Tensor, tor
     return src, tgt
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("copy", [False, True])
 def test_copy_attention_copies_tokens_never_seen_as_answers(copy):
     """Trained to answer the token after a marker, with tokens 4-39 only, then asked about tokens 40-49: the
@@ -412,7 +433,7 @@ def test_copy_attention_copies_tokens_never_seen_as_answers(copy):
 def ngram_model(seed: int = 0, **overrides) -> Transformer:
     """A tiny model with bigram and trigram tables filled at random (a fresh model's are zero)."""
     model = tiny_model(seed, source_ngrams=(2, 3), ngram_buckets=97, **overrides)
-    torch.nn.init.normal_(model.src_ngrams.weight, std=0.2)
+    torch.nn.init.normal_(model.source_extension.weight, std=0.2)
     return model
 
 
@@ -451,8 +472,10 @@ def test_source_ngrams_change_the_encoding_and_keep_padding_invariance():
 
 def test_adding_source_ngrams_keeps_the_model_until_the_tables_learn():
     model = tiny_model(copy_attention=True)
-    reading = with_source_ngrams(model, (2,), buckets=101, dropout=0.25)
-    assert with_source_ngrams(reading, (3,), buckets=7, dropout=0.0) is reading
+    reading = adapt(model, {"source_ngrams": [2], "ngram_buckets": 101, "ngram_dropout": 0.25})
+    assert adapt(reading, {"source_ngrams": [2], "ngram_buckets": 101, "ngram_dropout": 0.25}) is reading
+    with pytest.raises(ValueError, match="model.source_ngrams"):
+        adapt(reading, {"source_ngrams": [3], "ngram_buckets": 7})  # other tables than those trained
     assert reading.config.source_ngrams == (2,) and reading.config.ngram_dropout == 0.25
     assert reading.num_parameters() == count_parameters(reading.config) == model.num_parameters() + 101 * 32
     src, tgt = random_ids(2, 6, 1), random_ids(2, 5, 2)
@@ -461,7 +484,7 @@ def test_adding_source_ngrams_keeps_the_model_until_the_tables_learn():
     optimizer = torch.optim.SGD(reading.parameters(), lr=0.1)
     reading.loss(src, tgt[:, :-1], tgt[:, 1:]).backward()
     optimizer.step()
-    assert reading.src_ngrams.weight.abs().sum() > 0  # the tables get gradients from the start
+    assert reading.source_extension.weight.abs().sum() > 0  # the tables get gradients from the start
 
 
 def test_ngram_dropout_drops_whole_positions_in_training_only():

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from pretrain_fixtures import make_corpus
+from helpers import make_corpus
 
 from data_pipelines.corpus import load_corpus
 from pretrain.objectives import ObjectiveConfig, PretrainingObjectives, ValSpans, sequence_nll
@@ -116,6 +116,7 @@ def test_a_resegmented_copy_spells_the_same_text_with_other_tokens(corpus, token
     assert [tokenizer.decode(out[:bound]), tokenizer.decode(out[bound + 1:])] == docs
 
 
+@pytest.mark.slow
 def test_resegmented_copies_are_made_once_and_read_by_every_later_process(corpus_paths, corpus, tokenizer):
     """SentencePiece's sampling differs between processes: the processes of a run, a resumed run and a rerun must
     all read the copies the first one made."""
@@ -194,6 +195,7 @@ def logged(output_dir: Path, key: str) -> dict[int, float]:
     return {row["step"]: row[key] for row in rows if key in row}
 
 
+@pytest.mark.slow
 def test_pretrain_command_end_to_end(corpus_paths, tmp_path):
     out = tmp_path / "run"
     run_pretrain([f"output_dir={out}", f"data.corpus={corpus_paths[1]}", f"data.tokenizer={corpus_paths[0]}"])
@@ -206,6 +208,7 @@ def test_pretrain_command_end_to_end(corpus_paths, tmp_path):
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(corpus_paths, tmp_path):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     common = [f"data.corpus={corpus_paths[1]}", f"data.tokenizer={corpus_paths[0]}", "train.max_steps=6",
@@ -229,6 +232,7 @@ def test_unknown_override_is_named(corpus_paths):
         load_config(TINY, ["objective.span_corruption=2"])
 
 
+@pytest.mark.slow
 def test_missing_corpus_names_the_command(tmp_path, corpus_paths):
     result = subprocess.run([sys.executable, "-m", "pretrain", "--config", str(TINY), f"output_dir={tmp_path}",
                              f"data.corpus={tmp_path / 'nowhere'}", f"data.tokenizer={corpus_paths[0]}"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_generation import train_tokenizer
+from helpers import train_tokenizer
 
 from seq2seq.prompting import PRETRAINING_TASK, InferenceSpec, build_source, render_with_shots
 

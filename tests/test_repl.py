@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_generation import PROMPTS, tiny_model, train_tokenizer
+from helpers import PROMPTS, tiny_model, train_tokenizer
 
 from seq2seq.checkpoint import save_pretrained
 from seq2seq.classify import classify
@@ -77,6 +77,7 @@ def chat(model_dir: Path, lines: list[str], env: dict[str, str], *args: str) -> 
 # Pipes: one line per answer on stdout, everything else on stderr
 
 
+@pytest.mark.slow
 def test_piped_chat_answers_applies_set_and_survives_bad_commands(checkpoints, model, tokenizer, env):
     lines = ["Why did", "/set top_k abc", "/set compile maybe", "/frobnicate", "/set top_p 7", "/set max_tokens 3",
              PROMPTS[1], "/tone joke", "", "/set temperature 1.0", "/set seed 5", "I just love", "/quit",
@@ -102,6 +103,7 @@ def test_piped_chat_answers_applies_set_and_survives_bad_commands(checkpoints, m
     assert "max_tokens = 3" in errors
 
 
+@pytest.mark.slow
 def test_piped_chat_with_a_fine_tuned_checkpoint(checkpoints, model, tokenizer, env, tmp_path):
     prompt = PROMPTS[2]
     plain = answer(model, tokenizer, prompt, task="chat", tone="plain")
@@ -142,6 +144,7 @@ def test_a_long_question_is_cut_from_the_left_with_a_notice(checkpoints, model, 
     assert out == one_line(answer(model, tokenizer, prompt)) + "\n"
 
 
+@pytest.mark.slow
 def test_generate_answers_once(checkpoints, model, tokenizer, env, capsys):
     arguments = ["generate", "--model", str(checkpoints / "pretrained"), "--prompt", "Why did", "--temperature", "0",
                  "--max-tokens", "12"]
@@ -210,6 +213,7 @@ class Terminal:
         raise AssertionError("the REPL did not exit")
 
 
+@pytest.mark.slow
 def test_terminal_chat_streams_stops_on_ctrl_c_and_leaves_on_ctrl_d(checkpoints, env, tmp_path):
     terminal = Terminal([*CHAT, "--model", str(checkpoints / "rambling"), "--temperature", "0",
                          "--max-tokens", "100000"], env)
@@ -240,6 +244,7 @@ def test_terminal_chat_streams_stops_on_ctrl_c_and_leaves_on_ctrl_d(checkpoints,
     assert "Why did" in history and "/set top_p 0.5" in history
 
 
+@pytest.mark.slow
 def test_terminal_chat_quits_and_lives_without_a_history_file(checkpoints, env, tmp_path):
     (tmp_path / ".seq2seq_history").mkdir()  # neither readable nor writable as a file
     terminal = Terminal([*CHAT, "--model", str(checkpoints / "pretrained"), "--temperature", "0",

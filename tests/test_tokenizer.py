@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from seq2seq.tokenizer import NUM_SENTINELS, TASKS, TONES, Tokenizer
+from seq2seq.tasks import TASKS, TONES
+from seq2seq.tokenizer import NUM_SENTINELS, Tokenizer
 
 MODERN = (
     "Hey, how are you doing today? I'm fine, thanks for asking.\n"

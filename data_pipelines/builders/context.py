@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from data_pipelines.offensive import OffensiveFilter, default_filter
-from data_pipelines.records import InvalidRecords
 from data_pipelines.schema import make_example
+from seq2seq.records import InvalidRecords
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any
 from data_pipelines.builders.context import BuildContext, candidate
 from data_pipelines.builders.jokes import CLASSIFIED_CHARS, is_joke_prompt, sentence_case
 from data_pipelines.readers import read_dailydialog
-from data_pipelines.schema import LABEL_WORDS
+from seq2seq.tasks import LABEL_WORDS
 
 SOURCE = "dailydialog"
 MAX_CONTEXT_TURNS = 4

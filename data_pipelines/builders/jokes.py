@@ -14,15 +14,7 @@ from typing import Any
 
 from data_pipelines.builders.context import BuildContext, candidate
 from data_pipelines.readers import read_humor_colbert, read_jokes_qa
-from data_pipelines.schema import LABEL_WORDS
-
-IS_JOKE_QUESTIONS = (
-    "Is this a joke? {text}",
-    "Is the following meant to be funny?\n{text}",
-    "Joke or not? Answer yes or no.\n{text}",
-    "Would you call this a joke: {text}",
-)
-
+from seq2seq.tasks import IS_JOKE_QUESTIONS, LABEL_WORDS
 
 CLASSIFIED_CHARS = (20, 99)  # length range of the texts added to joke detection
 

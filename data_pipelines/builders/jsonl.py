@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from data_pipelines.builders.context import BuildContext, candidate
-from data_pipelines.records import read_jsonl
-from data_pipelines.schema import CLOSED_RESPONSE_TASKS, validate_example
+from data_pipelines.schema import validate_example
 from data_pipelines.splits import split_of
+from seq2seq.records import read_jsonl
+from seq2seq.tasks import CLOSED_RESPONSE_TASKS
 
 
 def examples(ctx: BuildContext) -> list[dict[str, Any]]:

@@ -9,15 +9,9 @@ from typing import Any
 
 from data_pipelines.builders.context import BuildContext, candidate
 from data_pipelines.readers import read_sarcasm_headlines
-from data_pipelines.schema import LABEL_WORDS
+from seq2seq.tasks import IS_SARCASTIC_QUESTIONS, LABEL_WORDS
 
 SOURCE = "sarcasm_headlines"
-IS_SARCASTIC_QUESTIONS = (
-    "Is this headline sarcastic? {text}",
-    "Is the following headline meant sarcastically?\n{text}",
-    "Sarcastic or not? Answer yes or no.\n{text}",
-    "Would you call this headline sarcastic: {text}",
-)
 HEADLINE_PROMPTS = (
     "Write a headline about: {keywords}",
     "Write a news headline with the words {keywords}.",

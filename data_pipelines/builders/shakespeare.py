@@ -15,6 +15,7 @@ from typing import Any
 from data_pipelines.builders.context import BuildContext, candidate
 from data_pipelines.readers import Speech, read_tinyshakespeare, shakespeare_speeches
 from data_pipelines.splits import SHAKESPEARE_VAL_START
+from seq2seq.tasks import NEXT_TURN_QUESTIONS, SPEAKER_QUESTIONS
 
 SOURCE = "tinyshakespeare"
 MIN_QUOTE_CHARS = 25  # shorter lines ("Ay, my lord.") could be anyone's
@@ -22,19 +23,6 @@ SPEAKER_CONTEXT_SPEECHES = 3  # the scene before a quoted line: this many speech
 SPEAKER_CONTEXT_CHARS = 100  # ...cut to this many characters
 _SPEAKER_LINE = re.compile(r"^[A-Z][A-Za-z' .,&-]{0,40}:$")
 
-SPEAKER_QUESTIONS = (
-    "Who says: '{line}'?",
-    'Which character says "{line}"?',
-    "Who speaks this line: {line}",
-    'In the play, who said "{line}"?',
-    "Name the speaker: {line}",
-)
-NEXT_TURN_QUESTIONS = (
-    "{speaker}:\n{speech}\n\nHow does {replier} reply?",
-    "Reply as {replier} would to {speaker}:\n{speech}",
-    '{speaker} says: "{speech}"\nWhat does {replier} answer?',
-    "{speech}\n\nWhat is said next?",  # answered with "REPLIER:\n..." (see `next_turn`)
-)
 CONTINUE_PROMPTS = (
     "Continue the passage:\n{passage}",
     "What comes next?\n{passage}",

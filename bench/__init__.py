@@ -1,0 +1,1 @@
+"""Benchmarks: each script measures this project side by side with a baseline (docs/results.md)."""
