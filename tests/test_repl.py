@@ -216,7 +216,7 @@ class Terminal:
 @pytest.mark.slow
 def test_terminal_chat_streams_stops_on_ctrl_c_and_leaves_on_ctrl_d(checkpoints, env, tmp_path):
     terminal = Terminal([*CHAT, "--model", str(checkpoints / "rambling"), "--temperature", "0",
-                         "--max-tokens", "100000"], env)
+                         "--repetition-penalty", "1", "--max-tokens", "100000"], env)  # no penalty: it never ends
     assert "pretrained only" in terminal.read_until(">>> ")
     terminal.send("/set top_p 0.5\n")
     terminal.read_until("top_p = 0.5")
