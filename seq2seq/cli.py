@@ -25,6 +25,7 @@ COMMANDS = {
     "generate": "seq2seq.repl",
     "classify": "seq2seq.classify",
     "eval": "seq2seq.evaluation",
+    "serve": "seq2seq.serve",
 }
 
 

@@ -70,6 +70,43 @@ def build_source(
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Conversations
+
+CONVERSATION_TURNS = 4  # the most recent turns an encoder input holds
+ROLES = ("system", "user", "assistant")
+
+
+def conversation_text(turns: Sequence[str], max_turns: int = CONVERSATION_TURNS, max_chars: int | None = None) -> str:
+    """A conversation as the chat data lays it out: its last `max_turns` turns, oldest first, joined by "\n";
+    with `max_chars`, the oldest are dropped until it fits (the last turn always stays)."""
+    kept = list(turns[-max_turns:])
+    while max_chars is not None and len(kept) > 1 and len("\n".join(kept)) > max_chars:
+        kept.pop(0)
+    return "\n".join(kept)
+
+
+def build_conversation_source(tokenizer, messages: Sequence[Mapping[str, str]], *, task: str | None, tone: str | None,
+                              max_len: int) -> SourceIds:
+    """The encoder input for a conversation, a list of {"role", "content"} messages (roles system, user,
+    assistant): its turns laid out by `conversation_text`, the oldest dropped first until the source fits
+    `max_len` tokens (then the start of the one left is cut, as `build_source` cuts). System messages go first,
+    before the turns, and are never dropped; the model was not trained with them, so they act as an instruction
+    at most. `truncated_tokens` counts the tokens of dropped turns too."""
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    turns = [m["content"] for m in messages if m["role"] != "system"]
+    if not turns:
+        raise ValueError("messages: a conversation needs a user message")
+    kept = turns[-CONVERSATION_TURNS:]
+    dropped = 0
+    while True:
+        text = "\n".join([*system, conversation_text(kept)])
+        source = build_source(tokenizer, text, task=task, tone=tone, max_len=max_len)
+        if not source.truncated_tokens or len(kept) == 1:
+            return SourceIds(source.ids, source.truncated_tokens + dropped)
+        dropped += len(tokenizer.encode(kept.pop(0))) + 1
+
+
+# ---------------------------------------------------------------------------------------------------------
 # inference.json
 
 

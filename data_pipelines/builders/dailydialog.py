@@ -1,8 +1,8 @@
 """Conversation from DailyDialog: the turns so far -> the next turn; and its utterances as non-jokes.
 
-The context is the last few turns joined by "\\n" (oldest first), which is also how a chat front end should
-lay out the conversation it sends as the prompt. Official splits, de-duplicated across them by text
-(`readers.read_dailydialog`).
+The context is the last few turns joined by "\\n" (oldest first), laid out by
+`seq2seq.prompting.conversation_text`, which `seq2seq chat` and `seq2seq serve` use for the conversations they
+send. Official splits, de-duplicated across them by text (`readers.read_dailydialog`).
 """
 
 from __future__ import annotations
@@ -12,22 +12,20 @@ from typing import Any
 from data_pipelines.builders.context import BuildContext, candidate
 from data_pipelines.builders.jokes import CLASSIFIED_CHARS, is_joke_prompt, sentence_case
 from data_pipelines.readers import read_dailydialog
+from seq2seq.prompting import conversation_text
 from seq2seq.tasks import LABEL_WORDS
 
 SOURCE = "dailydialog"
-MAX_CONTEXT_TURNS = 4
 
 
 def chat(ctx: BuildContext) -> list[dict[str, Any]]:
-    """Every turn after the first of every dialogue, with up to MAX_CONTEXT_TURNS turns before it."""
+    """Every turn after the first of every dialogue, with the turns before it laid out as the library lays out a
+    conversation (`seq2seq.prompting.conversation_text`: the last few, oldest first, one per line)."""
     rows = []
     for dialogue in read_dailydialog(ctx.raw_dir, ctx.invalid, ctx.dropped):
         for t in range(1, len(dialogue.turns)):
             response = dialogue.turns[t]
-            context = list(dialogue.turns[max(0, t - MAX_CONTEXT_TURNS) : t])
-            while len(context) > 1 and len("\n".join(context)) > ctx.max_chars:
-                context.pop(0)
-            prompt = "\n".join(context)
+            prompt = conversation_text(dialogue.turns[:t], max_chars=ctx.max_chars)
             if ctx.too_long(prompt, response):
                 continue
             rows.append(

@@ -535,7 +535,8 @@ class RotaryEmbedding(nn.Module):
         """Rotate x of shape (b, h, n, d) as if its first position were `offset`."""
         length = x.shape[-2]
         if isinstance(offset, Tensor):  # a static-cache step: the tables already reach the cache's capacity
-            cos, sin = rows_from(self.cos, offset, length).to(x.dtype), rows_from(self.sin, offset, length).to(x.dtype)
+            cos = rows_from(self.cos, offset, length).to(x.dtype)[:, None]  # (b', 1, n, d)
+            sin = rows_from(self.sin, offset, length).to(x.dtype)[:, None]
         else:
             self.extend(offset + length)
             cos = self.cos[offset:offset + length].to(x.dtype)
@@ -545,6 +546,8 @@ class RotaryEmbedding(nn.Module):
 
 
 def rows_from(table: Tensor, offset: Tensor, length: int) -> Tensor:
-    """table[offset:offset + length] for a position held in a 1-element tensor: a compiled decoding step reads
-    its position from a tensor, so that one graph serves every step."""
-    return table.index_select(0, offset + torch.arange(length, device=table.device))
+    """table[offset:offset + length] for positions held in a tensor, (b', n, D): a 1-element offset for a compiled
+    decoding step (one graph serves every step), or one offset per row (b,) for the serving engine's batch, whose
+    rows are at different positions."""
+    index = offset[:, None] + torch.arange(length, device=table.device)  # (b', n)
+    return table.index_select(0, index.flatten()).view(*index.shape, table.shape[-1])
