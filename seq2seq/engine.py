@@ -122,6 +122,8 @@ class Engine:
 
     def __init__(self, model, tokenizer, max_batch: int = 16, max_queue: int = 64, max_new_tokens: int | None = None,
                  on_step: Callable[[int, int], None] | None = None):
+        if max_batch < 1 or max_queue < 1:
+            raise ValueError(f"max_batch and max_queue must be >= 1, got {max_batch} and {max_queue}")
         self.model = unwrap(model).eval()
         self.tokenizer = tokenizer
         self.max_batch = max_batch
