@@ -15,7 +15,7 @@ PRESET_HELP = "YAML preset (default: %(default)s)"
 def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser(
         "data",
-        help="data pipelines: fetch, tokenizer, corpus, build",
+        help="data pipelines: fetch, tokenizer, corpus, build, prefs",
         description="Data pipelines. In order: `fetch` the raw datasets, train the `tokenizer`, tokenize a "
         "pretraining `corpus`, `build` the fine-tuning mixture. Everything goes under --data-dir (default data/).",
     )
@@ -75,6 +75,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_dirs(build, raw=True, skip_invalid=True)
     _add_overrides(build, "seed=7 max_chars=400")
     build.set_defaults(run=run_build)
+
+    prefs = commands.add_parser(
+        "prefs",
+        help="the built-in preference set: the dataset's reply against the model's own",
+        description="For the train split's chat prompts (plain and joke tone), pair the dataset's reply (chosen) "
+        "with a fine-tuned checkpoint's greedy reply (rejected): <out>/pairs.jsonl for DPO and <out>/thumbs.jsonl "
+        "for KTO, in the feedback schema (docs/preference.md).",
+    )
+    prefs.add_argument("--from", dest="checkpoint", required=True, metavar="DIR", help="a fine-tuned checkpoint")
+    prefs.add_argument("--mixture", type=Path, help="mixture directory (default: <data-dir>/mixture/default)")
+    prefs.add_argument("--out", type=Path, help="output directory (default: <data-dir>/prefs)")
+    prefs.add_argument("--max-examples", type=int, default=2000, help="prompts at most (default: %(default)s)")
+    prefs.add_argument("--seed", type=int, default=0)
+    prefs.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    _add_dirs(prefs)
+    prefs.set_defaults(run=run_prefs)
 
 
 def _add_dirs(parser: argparse.ArgumentParser, raw: bool = False, skip_invalid: bool = False) -> None:
@@ -165,6 +181,16 @@ def run_build(args: argparse.Namespace) -> int:
     summary = build_mixture(config, _raw_dir(args), out, tokenizer, cache, args.skip_invalid)
     print(format_summary(summary))
     print(f"\nmixture in {out}/ ({{train,val,test}}.jsonl, summary.json), {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def run_prefs(args: argparse.Namespace) -> int:
+    from data_pipelines.prefs import make_preferences
+    from seq2seq.device import resolve_device
+
+    make_preferences(args.checkpoint, args.mixture or args.data_dir / "mixture" / "default",
+                     args.out or args.data_dir / "prefs", args.max_examples, args.seed,
+                     device=resolve_device(args.device))
     return 0
 
 

@@ -37,7 +37,7 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -64,6 +64,26 @@ class FinetuneDataConfig:
     max_tokens: int = 6144  # padded source + target tokens per optimizer step
     shots: int = 0  # up to this many demonstrations before the prompt
     shots_probability: float = 0.5
+    # Preference tuning (method dpo or kto): the feedback file (default: the built-in set of `seq2seq data prefs`),
+    # whether feedback recorded against another checkpoint is an error, and whether bad lines are skipped.
+    feedback: str | None = None
+    strict: bool = False
+    skip_invalid: bool = False
+
+
+@dataclass
+class PreferenceConfig:
+    """DPO and KTO settings (finetune/preference.py)."""
+
+    beta: float = 0.1
+    desirable_weight: float = 1.0  # KTO: the loss weight of a thumb up...
+    undesirable_weight: float = 1.0  # ...and of a thumb down
+
+    def __post_init__(self) -> None:
+        for name in ("beta", "desirable_weight", "undesirable_weight"):
+            value = getattr(self, name)
+            if not (0 < value < 1e6):
+                raise ValueError(f"preference.{name} must be a positive number, got {value!r}")
 
 
 @dataclass
@@ -78,6 +98,7 @@ class FinetuneEvalConfig:
 class FinetuneConfig:
     output_dir: str = "runs/finetune"
     resume: str | None = None
+    method: Literal["sft", "dpo", "kto"] = "sft"  # sft: prompt -> response; dpo, kto: preference tuning
     pretrained: str | None = None  # the pretrained checkpoint directory (or --from)
     # Changes to the pretrained model's config (ModelConfig keys: dropout, copy_attention, source_ngrams,
     # ngram_buckets, ngram_dropout), checked and applied by seq2seq.model.adapt.
@@ -88,6 +109,7 @@ class FinetuneConfig:
     data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> FinetuneConfig:
@@ -257,6 +279,10 @@ def format_eval_table(report: dict[str, Any]) -> str:
 
 
 def run_finetuning(config: FinetuneConfig) -> Any:
+    if config.method != "sft":
+        from finetune.preference import run_preference
+
+        return run_preference(config)
     from data_pipelines.mixture import load_mixture
 
     if not config.pretrained:

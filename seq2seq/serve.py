@@ -3,8 +3,9 @@
 `OPENAI_BASE_URL=http://127.0.0.1:8000/v1`. docs/serving.md has the details; ../shared/SERVING.md the wire format.
 
 Routes: `GET /health` (no key), `GET /metrics` (Prometheus text), `GET /v1/models`, `POST /v1/chat/completions`,
-`POST /v1/completions`, and the extension `POST /v1/classify`. With an API key (`--api-key` or SEQ2SEQ_API_KEY)
-every /v1 route and /metrics need `Authorization: Bearer KEY`, compared in constant time.
+`POST /v1/completions`, and the extensions `POST /v1/classify` and `POST /v1/feedback`. With an API key
+(`--api-key` or SEQ2SEQ_API_KEY) every /v1 route and /metrics need `Authorization: Bearer KEY`, compared in
+constant time.
 
 What is scored: the prompt is the encoder's input, so it has no log-probabilities; with `echo` its tokens carry
 `null`. Generated tokens carry the log-probability the model gave them (before temperature and penalties).
@@ -20,6 +21,7 @@ import os
 import sys
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ MAX_MESSAGES = 256
 MAX_PROMPTS = 64
 MAX_CLASSIFY_TEXTS = 256
 RETRY_AFTER_SECONDS = 1
+RECENT_COMPLETIONS = 1024  # answers that POST /v1/feedback can name by id
 TONE_OF_CLASSIFIER = {"joke": "joke", "sarcasm": "sarcastic"}  # tone auto: a "true" here answers in this tone
 
 
@@ -159,6 +162,18 @@ class Server:
     model_id: str
     api_key: str | None = None
     created: int = 0
+    feedback_path: Path | None = None  # where POST /v1/feedback appends (--feedback)
+    checkpoint_sha256: str = ""
+    recent: OrderedDict = None  # type: ignore[assignment]  # completion id -> (prompt, answers, tone)
+
+    def __post_init__(self) -> None:
+        self.recent = OrderedDict()
+
+    def remember(self, completion_id: str, prompt: Any, answers: list[str], tone: str | None) -> None:
+        """Keep the last RECENT_COMPLETIONS answers, so that feedback can name them by id."""
+        self.recent[completion_id] = (prompt, answers, tone)
+        while len(self.recent) > RECENT_COMPLETIONS:
+            self.recent.popitem(last=False)
 
     def check_key(self, authorization: str | None) -> None:
         if self.api_key is None:
@@ -449,9 +464,12 @@ def create_app(server: Server):
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if stream:
-            return StreamingResponse(chat_stream(server, generation, completion_id, created, n, include_usage),
+            return StreamingResponse(chat_stream(server, generation, completion_id, created, n, include_usage,
+                                                 lambda answers: server.remember(completion_id, messages, answers,
+                                                                                 tone)),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         choices = await collect(generation, request)
+        server.remember(completion_id, messages, [c.text for c in choices], tone)
         return {
             "id": completion_id, "object": "chat.completion", "created": created, "model": server.model_id,
             "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
@@ -491,6 +509,39 @@ def create_app(server: Server):
         return {"id": completion_id, "object": "text_completion", "created": created, "model": server.model_id,
                 "choices": out, "usage": usage(sum(len(s.ids) for s in sources) * n,
                                                sum(c.completion_tokens for c in choices))}
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request):
+        """An extension: a thumb on an answer, by completion id ({"id", "index", "label"}) or given whole
+        ({"prompt", "response", "label"}), or a pair ({"prompt", "chosen", "rejected"}); appended to --feedback."""
+        from seq2seq.preference import append_feedback, feedback_record
+
+        body = await read_body(request)
+        if server.feedback_path is None:
+            raise APIError(400, "this server keeps no feedback (start it with --feedback FILE)")
+        tone = body.get("tone")
+        if "id" in body:
+            if body["id"] not in server.recent:
+                raise APIError(404, f"id: no recent completion {body['id']!r} (the last {RECENT_COMPLETIONS} are "
+                                    f"kept)", "id", "completion_not_found", "not_found_error")
+            prompt, answers, tone = server.recent[body["id"]]
+            index = field(body, "index", int, 0, lambda v: 0 <= v < len(answers), f"an index below {len(answers)}")
+            label = field(body, "label", bool, None, expected="true or false")
+            if label is None:
+                raise APIError(400, "label: expected true or false", "label")
+            record = {"prompt": prompt, "response": answers[index], "label": label}
+        else:
+            record = {key: body.get(key) for key in ("prompt", "response", "label", "chosen", "rejected")
+                      if key in body}
+        try:
+            record = feedback_record(record.get("prompt"), server.checkpoint_sha256, response=record.get("response"),
+                                     label=record.get("label"), chosen=record.get("chosen"),
+                                     rejected=record.get("rejected"), tone=tone if tone in TONES else None)
+        except ValueError as error:
+            message = str(error).removeprefix("feedback: ")
+            raise APIError(400, message, message.split(":")[0].split(" ")[0]) from None
+        append_feedback(server.feedback_path, record)
+        return {"object": "feedback", "status": "recorded"}
 
     @app.post("/v1/classify")
     async def classify_route(request: Request):
@@ -600,16 +651,18 @@ def legacy_logprobs(server: Server, tokens: list[TokenInfo], echoed: str | list[
 
 
 async def chat_stream(server: Server, generation: Generation, completion_id: str, created: int, n: int,
-                      include_usage: bool) -> AsyncIterator[str]:
+                      include_usage: bool, done: Callable[[list[str]], None]) -> AsyncIterator[str]:
     base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": server.model_id}
     extra = {"usage": None} if include_usage else {}
     logprobs_on = generation.requests[0].settings.logprobs is not None if generation.requests else False
     completion_tokens = 0
+    answers = [""] * n
     try:
         for i in range(n):
             yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                             "logprobs": None, "finish_reason": None}], **extra})
         async for index, event in generation.stream():
+            answers[index] += event.text
             logprobs = chat_logprobs(server, event.tokens) if logprobs_on and event.tokens else None
             if event.text or logprobs:
                 yield sse({**base, "choices": [{"index": index, "delta": {"content": event.text},
@@ -618,6 +671,7 @@ async def chat_stream(server: Server, generation: Generation, completion_id: str
                 completion_tokens += event.completion_tokens
                 yield sse({**base, "choices": [{"index": index, "delta": {}, "logprobs": None,
                                                 "finish_reason": event.finish_reason}], **extra})
+        done(answers)
         if include_usage:
             prompt_tokens = sum(len(s.ids) for s in generation.sources) * n
             yield sse({**base, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
@@ -667,14 +721,19 @@ def model_name(directory: str) -> str:
 
 
 def build_server(model_dir: str, device: str = "auto", api_key: str | None = None, max_batch: int = 16,
-                 max_queue: int = 64, name: str | None = None, max_new_tokens: int | None = None) -> Server:
+                 max_queue: int = 64, name: str | None = None, max_new_tokens: int | None = None,
+                 feedback: str | None = None) -> Server:
     from seq2seq.checkpoint import load_pretrained
     from seq2seq.device import resolve_device
 
     model, tokenizer = load_pretrained(model_dir, resolve_device(device))
     engine = Engine(model, tokenizer, max_batch=max_batch, max_queue=max_queue, max_new_tokens=max_new_tokens)
+    from seq2seq.checkpoint import WEIGHTS_FILE
+    from seq2seq.files import sha256_file
+
     return Server(engine.start(), tokenizer, InferenceSpec.load(model_dir), name or model_name(model_dir),
-                  api_key or None, int(time.time()))
+                  api_key or None, int(time.time()), Path(feedback) if feedback else None,
+                  sha256_file(Path(model_dir) / WEIGHTS_FILE))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -686,7 +745,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--max-batch must be >= 1 and --max-queue >= 0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     server = build_server(args.model, args.device, args.api_key or os.environ.get("SEQ2SEQ_API_KEY"),
-                          args.max_batch, args.max_queue, args.model_name)
+                          args.max_batch, args.max_queue, args.model_name, feedback=args.feedback)
     if args.host not in ("127.0.0.1", "localhost", "::1") and server.api_key is None:
         print(f"warning: serving on {args.host} without an API key: anyone who reaches it can use it",
               file=sys.stderr)
@@ -710,5 +769,6 @@ def register(subparsers) -> None:
     parser.add_argument("--model-name", help="the model id clients send (default: the checkpoint's name)")
     parser.add_argument("--max-batch", type=int, default=16, help="requests decoded together at most")
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting at most; then 503")
+    parser.add_argument("--feedback", metavar="FILE", help="append POST /v1/feedback records here (JSONL)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.set_defaults(run=run)

@@ -13,28 +13,44 @@ and a `TrainConfig`. The loop gives every recipe the same features:
   `min_lr_ratio * lr` over `decay_steps` (default `max_steps`); gradient clipping; gradient accumulation.
 - A NaN/inf loss or gradient skips the step with a warning; `max_bad_steps` in a row stop the run with an
   error. A checkpoint is never written with non-finite weights.
-- Checkpoints every `save_every` steps and at the end: weights (safetensors), optimizer and scheduler
-  (loaded with `torch.load(weights_only=True)`), RNG states, step; each written atomically; the last
-  `keep_checkpoints` kept. `resume: latest` or a path continues exactly. Ctrl-C saves and exits cleanly.
+- Checkpoints every `save_every` steps and before the final evaluation: weights (safetensors), optimizer and
+  scheduler (loaded with `torch.load(weights_only=True)`), RNG states, step, the config and how many rows the log
+  held; each written atomically; the last `keep_checkpoints` kept. `resume: latest` or a path continues exactly.
+- What survives a kill (docs/reliability.md): a checkpoint is the state between two steps. Ctrl-C stops at the
+  next step boundary and saves there (a second Ctrl-C stops at once, keeping the last checkpoint). A resume cuts
+  metrics.jsonl back to the rows the checkpoint saw (a line torn by a kill is dropped with a warning), refuses a
+  changed config unless the key is listed in `CHANGEABLE_ON_RESUME` or `resume_allow_changes`, and
+  `resume: latest` falls back to the previous checkpoint when the latest is corrupt. `output_dir` is locked
+  while a run uses it; temporary files a killed run left there are removed at start; a fresh run into a folder
+  holding another run's checkpoints is an error unless `overwrite`.
 - Evaluation every `eval_every` steps (a quick subset) and a full one at the end; a text sample per eval;
   TensorBoard through Accelerate's tracker and the same numbers in `metrics.jsonl`; a tqdm bar.
 
 Raises:
-    ValueError: batch_size not divisible by processes x grad_accum_steps; unknown device or precision.
+    ValueError: batch_size not divisible by processes x grad_accum_steps; unknown device or precision; a bad
+        value (named); output_dir in use by another run, a file, or holding another run; a changed config.
+    CheckpointError: the checkpoint to resume is incomplete or corrupt (the message names the file).
     NonFiniteLossError: `max_bad_steps` consecutive non-finite steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import os
+import pickle
 import re
 import shutil
+import signal
+import socket
+import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -44,8 +60,16 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
-from seq2seq.checkpoint import atomic_directory, save_pretrained, write_model_files
+from seq2seq.checkpoint import CheckpointError, atomic_directory, load_state_dict, save_pretrained, write_model_files
+from seq2seq.files import write_json_atomic, write_text_atomic
 from seq2seq.model import Transformer
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock
+    fcntl = None
+
+MAX_LR = 10.0  # a learning rate above this is a typo (1e9 for 1e-4), not a setting
 
 
 @dataclass
@@ -79,10 +103,22 @@ class TrainConfig:
                      "keep_checkpoints", "max_bad_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
-            raise ValueError("train.lr must be positive, train.min_lr_ratio in [0, 1], train.warmup_steps >= 0")
-        if len(self.adam_betas) != 2:
-            raise ValueError(f"train.adam_betas must be two numbers, got {self.adam_betas}")
+        for name in ("decay_steps", "early_stopping_patience", "num_threads"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"train.{name} must be positive (or null), got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR):  # NaN fails every comparison
+            raise ValueError(f"train.lr must be a number in (0, {MAX_LR:g}], got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        for name, low, high in (("min_lr_ratio", 0, 1), ("label_smoothing", 0, 1), ("weight_decay", 0, math.inf),
+                                ("grad_clip", 0, math.inf), ("adam_eps", 0, 1)):
+            value = getattr(self, name)
+            if not (low <= value <= high and math.isfinite(value)):
+                raise ValueError(f"train.{name} must be a finite number in [{low}, {high}], got {value}")
+        if len(self.adam_betas) != 2 or not all(0 <= beta < 1 for beta in self.adam_betas):
+            raise ValueError(f"train.adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        if not all(math.isfinite(m) and m >= 0 for m in self.eval_at_minutes):
+            raise ValueError(f"train.eval_at_minutes must be finite numbers >= 0, got {self.eval_at_minutes}")
 
 
 @dataclass
@@ -123,6 +159,10 @@ class TrainingTask(Protocol):
 
     def evaluate(self, model: Transformer, accelerator: Accelerator, full: bool) -> dict[str, float]:
         """Validation metrics (at least `val_loss`). `full` at the end of training: all of val."""
+
+    # Optional: `make_objective(model) -> torch.nn.Module`, whose forward(batch, label_smoothing) is the summed loss
+    # of a micro-batch (batches then have `to`, `loss_weight` and `num_tokens` as `Batch` has) and whose
+    # `pop_metrics()` gives the step's extra metrics to log. Without it the loss is `SequenceLoss`.
 
     def sample(self, model: Transformer) -> str | None:
         """A short generated text for the logs, or None."""
@@ -255,7 +295,9 @@ class Trainer:
         torch.manual_seed(config.seed + self.accelerator.process_index)  # dropout differs per process
         optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
                                       betas=tuple(config.adam_betas), eps=config.adam_eps)
-        self.model, self.optimizer = self.accelerator.prepare(SequenceLoss(model), optimizer)
+        # The module whose forward is the loss: the task's own objective (preference tuning), or cross-entropy.
+        objective = task.make_objective(model) if hasattr(task, "make_objective") else SequenceLoss(model)
+        self.model, self.optimizer = self.accelerator.prepare(objective, optimizer)
         # The scheduler is stepped by hand once per optimizer step (a prepared one steps once per process).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
         self.step = 0
@@ -396,9 +438,10 @@ class Trainer:
         if self.bad_steps >= self.config.max_bad_steps:
             raise NonFiniteLossError(f"{self.bad_steps} steps in a row had a non-finite loss or gradient "
                                      f"(last at step {self.step}); lower train.lr or check the data")
+        objective_metrics = getattr(self.accelerator.unwrap_model(self.model), "pop_metrics", dict)()
         if not finite:
             return None
-        return {"loss": float(total_loss), "lr": lr, "grad_norm": float(grad_norm),
+        return {"loss": float(total_loss), "lr": lr, "grad_norm": float(grad_norm), **objective_metrics,
                 "tokens": tokens * accelerator.num_processes}
 
     # -- evaluation ------------------------------------------------------------------------------------------

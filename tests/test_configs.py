@@ -7,7 +7,7 @@ import pytest
 from finetune.recipe import load_config as load_finetune_config
 from pretrain.recipe import load_config as load_pretrain_config
 from seq2seq.config import load_yaml
-from seq2seq.evaluation import load_task
+from seq2seq.evaluation import BUILTIN_DIR, load_task
 from seq2seq.model import ModelConfig, count_parameters
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -32,6 +32,7 @@ def test_model_presets_are_valid(path):
     ModelConfig.from_dict({**load_yaml(path), "vocab_size": 4096})
 
 
-@pytest.mark.parametrize("path", sorted((CONFIGS / "eval").glob("*.yaml")), ids=lambda p: p.stem)
-def test_eval_tasks_parse(path):
-    assert load_task(str(path)).name == path.stem
+@pytest.mark.parametrize("path", sorted(BUILTIN_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_builtin_eval_tasks_ship_with_the_package_and_parse(path):
+    assert load_task(path.stem).name == path.stem  # found by name, wherever the package is installed
+    assert "{mixture}" in load_task(path.stem).data

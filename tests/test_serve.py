@@ -281,3 +281,27 @@ def test_load_64_requests_from_16_threads_none_mixed_up(live, model_dir, tokeniz
     assert all(answer == expected[prompt] for prompt, answer in answers)
     assert set(bad_statuses) == {400}
     assert httpx.get(f"{live.url}/health").json()["status"] == "ok"
+
+
+def test_feedback_by_completion_id_and_whole(model_dir, tmp_path):
+    from seq2seq.preference import read_feedback
+
+    path = tmp_path / "feedback.jsonl"
+    server = LiveServer(model_dir, feedback=str(path))
+    try:
+        messages = [{"role": "user", "content": "Why did"}]
+        response = server.client().chat.completions.create(model="tiny", messages=messages, max_tokens=6,
+                                                            temperature=0)
+        answer = response.choices[0].message.content
+        assert httpx.post(f"{server.url}/v1/feedback", json={"id": response.id, "label": False}).status_code == 200
+        pair = {"prompt": "Hi", "chosen": "Good day to you.", "rejected": "I'm sorry."}
+        assert httpx.post(f"{server.url}/v1/feedback", json=pair).status_code == 200
+        same = httpx.post(f"{server.url}/v1/feedback", json={**pair, "rejected": pair["chosen"]})
+        assert same.status_code == 400 and "chosen equals rejected" in same.json()["error"]["message"]
+        unknown = httpx.post(f"{server.url}/v1/feedback", json={"id": "chatcmpl-nope", "label": True})
+        assert unknown.status_code == 404
+    finally:
+        server.close()
+    records = read_feedback(path)
+    assert records[0].prompt == messages and records[0].response == answer and records[0].label is False
+    assert records[1].is_pair and records[1].checkpoint_sha256 == records[0].checkpoint_sha256 != ""
