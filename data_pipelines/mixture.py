@@ -64,14 +64,25 @@ class MixtureConfig:
 
 def load_mixture_config(path: str | Path, overrides: list[str] = ()) -> MixtureConfig:
     config = load_preset(MixtureConfig, path, overrides)
+    check_mixture_config(config, str(path))
+    return config
+
+
+def check_mixture_config(config: MixtureConfig, where: str) -> None:
+    """Raise ValueError naming `where` (the config file) and the key of the first bad value."""
+    if not config.sources:
+        raise ValueError(f"{where}: `sources` is empty")
+    if config.max_chars < 1:
+        raise ValueError(f"{where}: max_chars must be at least 1, got {config.max_chars}")
     for i, source in enumerate(config.sources):
         if source.builder not in BUILDERS:
-            raise ValueError(f"{path}: sources[{i}].builder {source.builder!r} is not one of {', '.join(BUILDERS)}")
-        if source.weight < 0 or (source.cap is not None and source.cap < 0):
-            raise ValueError(f"{path}: sources[{i}]: cap and weight must not be negative")
-    if not config.sources:
-        raise ValueError(f"{path}: `sources` is empty")
-    return config
+            raise ValueError(f"{where}: sources[{i}].builder {source.builder!r} is not one of {', '.join(BUILDERS)}")
+        if not (source.weight >= 0 and math.isfinite(source.weight)):
+            raise ValueError(f"{where}: sources[{i}].weight must be a number >= 0, got {source.weight!r}")
+        for name in ("cap", "eval_cap"):
+            value = getattr(source, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{where}: sources[{i}].{name} must not be negative, got {value}")
 
 
 def build_mixture(
@@ -86,6 +97,7 @@ def build_mixture(
     """Build the mixture into `out_dir` and return its summary (also written to `out_dir/summary.json`).
     With a `cache_dir`, builder outputs are cached there, and a build whose config, inputs, code and tokenizer
     match the one already in `out_dir` returns at once."""
+    check_mixture_config(config, f"mixture {config.name!r}")
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     contexts = [
         BuildContext(
@@ -190,7 +202,7 @@ def _build_cached(
     datasets.disable_progress_bars()
     entry = Path(cache_dir) / f"{source.builder}-{key[:16]}"
     if (entry / "stats.json").is_file():
-        rows = datasets.load_from_disk(str(entry / "rows")).to_list()
+        rows = datasets.load_from_disk(str(entry / "rows")).to_list() if (entry / "rows").is_dir() else []
         return rows, json.loads((entry / "stats.json").read_text(encoding="utf-8")), True
     rows = builder.run(ctx)
     stats = {"dropped": dict(ctx.dropped), "invalid": ctx.invalid.as_rows(), "code": _code_hash()}
@@ -204,7 +216,9 @@ def _build_cached(
             "content": datasets.Sequence(datasets.Value("string")),
         }
     )
-    datasets.Dataset.from_list(rows, features=features).save_to_disk(str(staging / "rows"))
+    staging.mkdir(parents=True)
+    if rows:  # `datasets` cannot read back a table without rows: no candidates, no table
+        datasets.Dataset.from_list(rows, features=features).save_to_disk(str(staging / "rows"))
     (staging / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     shutil.rmtree(entry, ignore_errors=True)
     staging.rename(entry)

@@ -20,6 +20,7 @@ from typing import Any
 from data_pipelines.splits import SPLITS
 from seq2seq.records import InvalidRecords, check_fields
 from seq2seq.tasks import LABELS, TASKS
+from seq2seq.text import first_surrogate
 
 FIELDS = ("id", "source", "task", "prompt", "response", "labels", "split")
 
@@ -62,6 +63,11 @@ def validate_example(
     present = {name: kind for name, kind in types.items() if name in required or name in record}
     if not check_fields(record, present, path, line, invalid, non_empty=("prompt", "response")):
         return None
+    for name in ("id", "source", "prompt", "response"):  # JSON can spell half of a pair: "\ud800"
+        at = first_surrogate(record[name]) if name in present else None
+        if at is not None:
+            invalid.reject(path, line, f"field {name!r} is not valid Unicode (a lone surrogate at character {at + 1})")
+            return None
     unknown = sorted(set(record) - set(FIELDS))
     if unknown:
         invalid.reject(path, line, f"unknown field {unknown[0]!r} (fields: {', '.join(FIELDS)})")

@@ -57,6 +57,9 @@ class LengthGroupedBatches:
         if unknown:
             raise ValueError(f"data.task_weights names task {unknown[0]!r}, which the mixture does not have "
                              f"(tasks: {', '.join(self.by_task)})")
+        bad = sorted(task for task, weight in task_weights.items() if not (0 <= weight < float("inf")))
+        if bad:
+            raise ValueError(f"data.task_weights.{bad[0]} must be a finite number >= 0, got {task_weights[bad[0]]!r}")
         self.weights = {task: task_weights.get(task, 1.0) for task in self.by_task}
         task_loss_weights = task_loss_weights or {}
         unknown = sorted(set(task_loss_weights) - set(self.by_task))

@@ -1,6 +1,11 @@
 """The checkpoint format: a directory holding `config.json` (the `ModelConfig`), `model.safetensors` (the
 weights; no pickle) and, once a tokenizer exists, `tokenizer.model`. Directories are written whole to a
-temporary sibling and renamed into place, so a crash never leaves a half-written checkpoint."""
+temporary sibling and renamed into place, so a crash never leaves a half-written checkpoint.
+
+Loading refuses, with a `CheckpointError` naming the file (and the tensor): weights that are not floating point
+or not finite (NaN, inf), and a config that asks for more parameters than the weights file holds, which is
+checked before the model is built, so a config.json that says 2**40 never allocates anything.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 
-from seq2seq.model import ModelConfig, Transformer
+from seq2seq.model import ModelConfig, Transformer, count_parameters
 from seq2seq.runtime import unwrap
 from seq2seq.tokenizer import Tokenizer
 
@@ -101,12 +106,21 @@ def load_config(directory: str | Path) -> ModelConfig:
 
 
 def load_state_dict(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, each floating point and finite."""
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
     try:
-        return load_file(str(path), device=str(device))
+        state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{path}: corrupt safetensors file ({error})") from None
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():  # copied into float parameters, int8 codes would load as nonsense
+            raise CheckpointError(f"{path}: tensor {name} has dtype {str(tensor.dtype).removeprefix('torch.')}; "
+                                  f"weights must be floating point (float32, bfloat16 or float16)")
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: tensor {name} holds NaN or infinite values: the weights are corrupt "
+                                  f"(saved from a training run that diverged?)")
+    return state
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Transformer:
@@ -115,6 +129,10 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Tra
     config = load_config(directory)
     path = directory / WEIGHTS_FILE
     state = {rename_legacy(name): tensor for name, tensor in load_state_dict(path, device).items()}
+    needed, stored = count_parameters(config), sum(tensor.numel() for tensor in state.values())
+    if needed > stored:  # before building: the config alone decides how much the model allocates
+        raise CheckpointError(f"{directory / CONFIG_FILE}: describes a model of {needed:,} parameters, but {path} "
+                              f"holds {stored:,} values: this config does not belong to these weights")
     model = Transformer(config).to(device)
     expected = model.state_dict()
     # Tied weights are stored once, under one of their names; their aliases load with it.

@@ -10,7 +10,8 @@ A classifier (from a fine-tuned checkpoint's `inference.json`, see `seq2seq.prom
 task marker and tone token), and a label word's score is log p(label-word </s> | text) from the one scorer
 (`seq2seq.scoring`).
 
-`seq2seq classify --model DIR [--json] TEXT...` prints them (`-` reads texts from standard input, one per line).
+`seq2seq classify --model DIR [--json] TEXT...` prints them (`-` reads texts from standard input, one per line;
+bytes that are not UTF-8 become U+FFFD).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from seq2seq.model import Transformer
 from seq2seq.prompting import InferenceSpec, build_source, check_classifier
 from seq2seq.runtime import unwrap
 from seq2seq.scoring import continuation_log_probs
+from seq2seq.text import read_lines, valid_text
 
 
 def classify(
@@ -83,7 +85,8 @@ def format_probabilities(probabilities: Mapping[str, Mapping[str, float]]) -> st
 
 
 def run(args: argparse.Namespace) -> int:
-    texts = [line.rstrip("\n") for line in sys.stdin] if args.texts == ["-"] else args.texts
+    # Bytes that are not UTF-8, piped or in an argument, are kept as U+FFFD (seq2seq.text).
+    texts = list(read_lines(sys.stdin)) if args.texts == ["-"] else [valid_text(text) for text in args.texts]
     model, tokenizer = load_pretrained(args.model, resolve_device(args.device))
     spec = InferenceSpec.load(args.model)
     if args.classifier:

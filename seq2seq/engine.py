@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from seq2seq.generation import GenerationConfig, LogitsProcessor, Row, sample_next
+from seq2seq.generation import GenerationConfig, LogitsProcessor, Row, max_new_tokens_limit, sample_next
 from seq2seq.model.cache import BatchDecoderCache
 from seq2seq.padding import right_pad
 from seq2seq.runtime import unwrap
@@ -130,7 +130,7 @@ class Engine:
         self.max_queue = max_queue
         config = self.model.config
         self.max_source_len = config.max_seq_len
-        limit = config.max_seq_len - 1  # the decoder never runs past the model's positions
+        limit = max_new_tokens_limit(config)  # the decoder never runs past the model's positions
         self.max_new_tokens = min(limit, max_new_tokens or limit)
         self.device = next(self.model.parameters()).device
         self.waiting: queue.Queue[Request] = queue.Queue(maxsize=max_queue)

@@ -15,12 +15,16 @@ generates. When the context is longer than the model's source length, demonstrat
 first) before the query is cut from the left, and the report counts the dropped demonstrations.
 
 A task file (YAML): see `TaskConfig` below, and seq2seq/eval_tasks/*.yaml for the built-in tasks, which ship with
-the package. In `data` and `demo_data`, `{mixture}` stands for the mixture directory (`--mixture`).
+the package. In `data` and `demo_data`, `{mixture}` stands for the mixture directory (`--mixture`). A template
+names a row's fields only (`{prompt}`, `{labels[joke]}`); anything else is an error naming the task file. A data
+row that a template cannot be filled from, or whose text is not valid Unicode, is an error naming the file and row.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import string
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +40,7 @@ from seq2seq.prompting import SHOT_SEPARATOR, TARGET_DELIMITER, InferenceSpec, r
 from seq2seq.records import InvalidRecords, read_jsonl
 from seq2seq.scoring import continuation_log_probs
 from seq2seq.tasks import PRETRAINING_TASK
+from seq2seq.text import first_surrogate
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "eval_tasks"
 DEFAULT_MIXTURE = "data/mixture/default"
@@ -72,6 +77,25 @@ class TaskConfig:
             raise ValueError(f"task {self.name}: a loglikelihood task needs `choices` or `num_choices`")
         if self.num_choices is not None and self.num_choices < 2:
             raise ValueError(f"task {self.name}: num_choices must be at least 2")
+        check_template(self.template, f"task {self.name}: template")
+        check_template(self.answer, f"task {self.name}: answer")
+
+
+def check_template(template: str, what: str) -> None:
+    """A template may name a row's fields, and index into them (`{prompt}`, `{labels[joke]}`), nothing else:
+    `{0}` (a positional field), `{prompt.upper}` (an attribute) and an unmatched brace are errors."""
+    try:
+        fields = [(name, conversion) for _, name, _, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError as error:  # "Single '}' encountered in format string"
+        raise ValueError(f"{what} {template!r}: {error}") from None
+    for field_name, conversion in fields:
+        name = re.match(r"[^.\[]*", field_name).group()  # before any [index]
+        if not name or name.isdigit() or "." in field_name:
+            raise ValueError(f"{what} {template!r}: {{{field_name}}} is not a field name; a template names a row's "
+                             f"fields, e.g. {{prompt}} (write a literal brace as {{{{ or }}}})")
+        if conversion not in (None, "r", "s", "a"):
+            raise ValueError(f"{what} {template!r}: unknown conversion !{conversion} (use !r, !s or !a, or none)")
 
 
 def load_task(spec: str) -> TaskConfig:
@@ -117,12 +141,25 @@ def to_items(task: TaskConfig, rows: list[dict[str, Any]], path: str, split: str
             continue
         if any(values.get(key) != value for key, value in task.where.items()):
             continue
-        try:
-            items.append(Item(task.template.format(**values).strip(), task.answer.format(**values).strip(), values))
-        except KeyError as error:
-            raise ValueError(f"{path}: row {number} has no field {error} used by task {task.name}'s template "
-                             f"(map it with `fields:`)") from None
+        item = Item(fill(task.template, values, task, path, number), fill(task.answer, values, task, path, number),
+                    values)
+        for text in (item.question, item.answer):
+            if (at := first_surrogate(text)) is not None:
+                raise ValueError(f"{path}: row {number}: not valid Unicode (a lone surrogate, "
+                                 f"{text[at]!r}, at character {at + 1} of {text[:at + 1]!r})")
+        items.append(item)
     return items
+
+
+def fill(template: str, values: dict[str, Any], task: TaskConfig, path: str, number: int) -> str:
+    try:
+        return template.format(**values).strip()
+    except KeyError as error:
+        raise ValueError(f"{path}: row {number} has no field {error} used by task {task.name}'s template "
+                         f"{template!r} (map it with `fields:`)") from None
+    except (IndexError, AttributeError, TypeError, ValueError) as error:  # {prompt[99]}, {prompt:d}
+        raise ValueError(f"{path}: row {number}: task {task.name}'s template {template!r} cannot be filled "
+                         f"from it: {error}") from None
 
 
 def load_items(task: TaskConfig) -> tuple[list[Item], list[Item]]:
@@ -338,12 +375,19 @@ def run_eval(model_dir: str, task_specs: list[str], shots: list[int], limit: int
              mixture: str = DEFAULT_MIXTURE) -> dict[str, Any]:
     from seq2seq.checkpoint import WEIGHTS_FILE, load_pretrained
     from seq2seq.device import resolve_device
+    from seq2seq.generation import max_new_tokens_limit
 
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1 (query items per task), got {limit}")
     if out is not None and out.suffix != ".json":
         raise ValueError(f"--out {out}: give the results JSON path (FILE.json); the table (.md) and plot (.png) "
                          f"go beside it")
     tasks = [with_mixture(load_task(spec), mixture) for spec in task_specs]
     model, tokenizer = load_pretrained(model_dir, resolve_device(device))
+    for task in tasks:  # before any task runs
+        if task.metric == "generate" and task.generation.max_new_tokens > max_new_tokens_limit(model.config):
+            raise ValueError(f"task {task.name}: generation.max_new_tokens {task.generation.max_new_tokens} is more "
+                             f"than this model can write ({max_new_tokens_limit(model.config)}: its max_seq_len - 1)")
     spec = InferenceSpec.load(model_dir)
     max_len = model.config.max_seq_len
     rows = []

@@ -8,6 +8,12 @@ Decoding strategies, each a `GenerationConfig` setting:
 - beam search (`num_beams` > 1) with Hugging Face's `length_penalty` and `early_stopping` (see `Hypotheses`);
 - stopping: </s>, `max_new_tokens`, and `stop_strings` (the text ends before the first one).
 
+Bounds, checked before anything is allocated: the decoder never runs past the model's `max_seq_len` positions,
+whatever its position scheme (learned embeddings end there; sinusoidal and rotary ones would go on, into
+positions the model never trained on), and <s> takes the first, so `max_new_tokens` is at most max_seq_len - 1
+(`max_new_tokens_limit`); `num_beams` is at most 64 (`MAX_NUM_BEAMS`). Larger values are a ValueError naming
+the setting and the limit, never a silent cut.
+
 Every search reads the model through one contract, `Transformer.next_token_log_probs`, whatever extensions the
 model has. The encoder runs once per batch. The decoder runs one position per step with a `DecoderCache`: each layer's
 cross-attention keys/values are computed at the first step and kept, its self-attention keys/values grow by
@@ -40,12 +46,15 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from seq2seq.model import Transformer
+from seq2seq.model import ModelConfig, Transformer
 from seq2seq.padding import right_pad
 from seq2seq.runtime import eval_mode, unwrap
 
 FinishReason = Literal["eos", "stop_string", "length"]
 REPLACEMENT_CHARACTER = "\ufffd"  # what SentencePiece shows for the bytes of a character not yet complete
+# Beam search keeps num_beams rows per source and looks at 2 * num_beams candidates each step; far fewer beams
+# already find the best hypotheses a small model has (Hugging Face's examples use 4 to 10).
+MAX_NUM_BEAMS = 64
 
 
 @dataclass
@@ -87,6 +96,8 @@ class GenerationConfig:
             raise ValueError("do_sample needs a temperature > 0")
         if self.sampling and self.num_beams > 1:
             raise ValueError("beam search does not sample: use temperature 0 with num_beams > 1")
+        if self.num_beams > MAX_NUM_BEAMS:
+            raise ValueError(f"num_beams (--num-beams) must be at most {MAX_NUM_BEAMS}, got {self.num_beams}")
 
     @property
     def sampling(self) -> bool:
@@ -109,6 +120,7 @@ def generate(
 ) -> list[GenerationResult]:
     """One answer per source (encoder input ids, e.g. `build_source(...).ids`), in order."""
     config = config or GenerationConfig()
+    check_fits(unwrap(model), config)
     rows = [Row(tokenizer, config.stop_strings) for _ in sources]
     if not rows:
         return []
@@ -129,6 +141,7 @@ def stream(
     pieces appears whole once its last byte is out, and text that may be the start of a stop string waits until
     it is known not to be. Beam search knows its answer only at the end: it comes as one piece."""
     config = config or GenerationConfig()
+    check_fits(unwrap(model), config)
     if config.num_beams > 1:
         text = generate(model, tokenizer, [source_ids], config)[0].text
         if text:
@@ -144,6 +157,25 @@ def stream(
     text = row.result().text
     if len(text) > shown:
         yield text[shown:]
+
+
+def max_new_tokens_limit(model_config: ModelConfig) -> int:
+    """The most tokens one answer may have: the decoder reads <s> and then each token but the last, and never
+    runs past max_seq_len positions (module docstring)."""
+    return model_config.max_seq_len - 1
+
+
+def check_fits(model: Transformer, config: GenerationConfig) -> None:
+    """Raise ValueError, naming the setting, when `config` asks more of `model` than its positions and
+    vocabulary allow."""
+    limit = max_new_tokens_limit(model.config)
+    if config.max_new_tokens > limit:
+        raise ValueError(f"max_new_tokens (--max-tokens) must be at most {limit} for this model (its decoder has "
+                         f"max_seq_len {model.config.max_seq_len} positions, the first for <s>), got "
+                         f"{config.max_new_tokens}")
+    if 2 * config.num_beams > model.config.vocab_size:
+        raise ValueError(f"num_beams (--num-beams) must be at most {model.config.vocab_size // 2} for this "
+                         f"model's {model.config.vocab_size}-token vocabulary, got {config.num_beams}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -296,13 +328,6 @@ def new_generator(config: GenerationConfig, device: torch.device) -> torch.Gener
     return generator
 
 
-def decoding_steps(model: Transformer, config: GenerationConfig) -> int:
-    """Learned positional embeddings end at max_seq_len; other position schemes extend past it."""
-    if model.config.positions == "learned":
-        return min(config.max_new_tokens, model.config.max_seq_len - 1)
-    return config.max_new_tokens
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Greedy decoding and sampling
 
@@ -373,9 +398,8 @@ def compiled_step(model: Transformer):
 
 def decoding_capacity(model: Transformer, steps: int) -> int:
     """Static cache positions for `steps` steps, rounded up to a multiple of 64 so that nearby max_new_tokens
-    share a compiled graph (learned positions end at max_seq_len)."""
-    capacity = -(-steps // 64) * 64
-    return min(capacity, model.config.max_seq_len) if model.config.positions == "learned" else capacity
+    share a compiled graph, and never past max_seq_len."""
+    return min(-(-steps // 64) * 64, model.config.max_seq_len)
 
 
 @torch.inference_mode()
@@ -386,7 +410,7 @@ def greedy_or_sampling(model: Transformer, tokenizer, sources: Sequence[Sequence
     device = next(model.parameters()).device
     with eval_mode(model):
         src_ids, src_padding_mask = right_pad(sources, tokenizer.pad_id, device)
-        steps = decoding_steps(model, config)
+        steps = config.max_new_tokens  # within the model's positions: `check_fits`
         if config.compile and config.use_cache:
             state = StaticDecoderState(model, src_ids, src_padding_mask, decoding_capacity(model, steps))
         else:
@@ -464,8 +488,7 @@ def beam_search(model: Transformer, tokenizer, sources: Sequence[Sequence[int]],
         live = list(range(len(rows)))  # the batch holds the beams of rows[live[0]], then rows[live[1]], ...
         sequences = torch.full((len(rows), 1), tokenizer.bos_id, dtype=torch.long, device=device)  # (b*beams, t)
         beam_scores = torch.zeros(len(rows), device=device)  # summed log-probs of each running beam
-        steps = decoding_steps(model, config)
-        for step in range(steps):
+        for step in range(config.max_new_tokens):
             scores = process(state.next_log_probs(sequences), sequences[:, 1:], step)
             log_probs = scores.log_softmax(-1) + beam_scores[:, None]  # (b*beams, V): renormalised after the bans
             beams, vocab = sequences.shape[0] // len(live), log_probs.shape[-1]  # 1 beam at the first step

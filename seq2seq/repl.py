@@ -21,7 +21,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -29,9 +29,11 @@ from typing import TextIO
 from seq2seq.checkpoint import load_pretrained
 from seq2seq.classify import classify_all, format_probabilities, probability_true
 from seq2seq.device import resolve_device
-from seq2seq.generation import GenerationConfig, generate, stream
+from seq2seq.generation import GenerationConfig, check_fits, generate, max_new_tokens_limit, stream
 from seq2seq.model import Transformer
-from seq2seq.prompting import InferenceSpec, SourceIds, build_source
+from seq2seq.prompting import InferenceSpec, SourceIds, build_conversation_source, build_source
+from seq2seq.tasks import CHAT_TASK
+from seq2seq.text import input_line, read_lines, valid_text
 
 # The defaults of chat and generate: sampling, which reads better than greedy decoding from a small model.
 CHAT_DEFAULTS = GenerationConfig(max_new_tokens=128, temperature=0.7, top_p=0.9, repetition_penalty=1.2)
@@ -78,8 +80,9 @@ commands:
   /shots add PROMPT{SHOT_SEPARATOR}RESPONSE
                           a few-shot example, put before each question
   /shots list|clear       show or forget the few-shot examples
-  /history                the questions and answers so far
-  /reset                  forget the questions, answers and few-shot examples (settings stay)
+  /history                the conversation so far (a chat checkpoint reads its last turns)
+  /undo                   forget the last question and its answer
+  /reset                  start over: forget the conversation and few-shot examples (settings stay)
   /save FILE              write the questions and answers as JSON lines
   /quit                   leave (Ctrl-D too); Ctrl-C stops an answer"""
 
@@ -119,7 +122,7 @@ class ChatSession:
         handlers: dict[str, Callable[[str], str]] = {
             "/help": lambda _: HELP, "/set": self.set_option, "/show": lambda _: self.show(), "/tone": self.set_tone,
             "/classify": self.classify, "/shots": self.shots_command, "/history": lambda _: self.history(),
-            "/reset": lambda _: self.reset(), "/save": self.save,
+            "/reset": lambda _: self.reset(), "/undo": lambda _: self.undo(), "/save": self.save,
         }
         if name not in handlers:
             raise ValueError(f"unknown command {name} (try /help)")
@@ -135,7 +138,9 @@ class ChatSession:
             parsed = parse(value)
         except ValueError:
             raise ValueError(f"/set {key}: expected {expected}, got {value!r}") from None
-        self.config = dataclasses.replace(self.config, **{field: parsed})  # validated by GenerationConfig
+        config = dataclasses.replace(self.config, **{field: parsed})  # validated by GenerationConfig
+        check_fits(self.model, config)  # and against the model's positions
+        self.config = config
         return f"{key} = {parsed}"
 
     def show(self) -> str:
@@ -175,7 +180,11 @@ class ChatSession:
             return "few-shot examples cleared"
         if action == "add" and SHOT_SEPARATOR.strip() in rest:
             prompt, _, response = rest.partition(SHOT_SEPARATOR.strip())
-            self.shots.append((prompt.strip(), response.strip()))
+            prompt, response = prompt.strip(), response.strip()
+            if not prompt or not response:
+                raise ValueError(f"/shots add: an example needs both a prompt and a response "
+                                 f"(/shots add PROMPT{SHOT_SEPARATOR}RESPONSE)")
+            self.shots.append((prompt, response))
             return f"few-shot example {len(self.shots)} added"
         raise ValueError(f"usage: /shots add PROMPT{SHOT_SEPARATOR}RESPONSE | /shots list | /shots clear")
 
@@ -192,6 +201,12 @@ class ChatSession:
         self.exchanges.clear()
         self.shots.clear()
         return "questions, answers and few-shot examples forgotten"
+
+    def undo(self) -> str:
+        if not self.exchanges:
+            return "no questions yet"
+        self.exchanges.pop()
+        return f"forgot the last exchange ({len(self.exchanges)} left)"
 
     def save(self, filename: str) -> str:
         if not filename:
@@ -225,8 +240,17 @@ class ChatSession:
         return tone, f"[tone: {tone} ({format_probabilities(probabilities)})]"
 
     def source(self, prompt: str, tone: str | None) -> SourceIds:
+        """A chat checkpoint reads the conversation (its last turns, as `seq2seq serve` and the chat data lay it
+        out); other checkpoints, and questions after few-shot examples, read the question alone."""
+        max_len = self.model.config.max_seq_len
+        if self.spec.task == CHAT_TASK and not self.shots:
+            turns = [text for exchange in self.exchanges for text in (exchange.prompt, exchange.answer)]
+            messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": text}
+                        for i, text in enumerate([*turns, prompt])]
+            return build_conversation_source(self.tokenizer, messages, task=self.spec.task, tone=tone,
+                                             max_len=max_len)
         return build_source(self.tokenizer, prompt, task=self.spec.task, tone=tone, shots=self.shots,
-                            max_len=self.model.config.max_seq_len)
+                            max_len=max_len)
 
     def stream(self, source: SourceIds) -> Iterator[str]:
         return stream(self.model, self.tokenizer, source.ids, self.config)
@@ -296,7 +320,7 @@ def interactive_loop(session: ChatSession, banner: str) -> int:
     try:
         while True:
             try:
-                line = input(PROMPT)
+                line = input_line(PROMPT)
             except EOFError:  # Ctrl-D
                 print()
                 return 0
@@ -336,9 +360,8 @@ def setup_readline():
     return readline
 
 
-def line_loop(session: ChatSession, lines: TextIO) -> int:
+def line_loop(session: ChatSession, lines: Iterable[str]) -> int:
     for line in lines:
-        line = line.rstrip("\r\n")
         if line.lstrip().startswith("/"):
             try:
                 run_command(session, line, sys.stderr)
@@ -358,6 +381,10 @@ def line_loop(session: ChatSession, lines: TextIO) -> int:
 def load_session(args: argparse.Namespace) -> ChatSession:
     config = generation_config(args)
     model, tokenizer = load_pretrained(args.model, resolve_device(args.device))
+    if args.max_tokens is None:  # the default fits any model; a number asked for is checked
+        config = dataclasses.replace(config, max_new_tokens=min(config.max_new_tokens,
+                                                                max_new_tokens_limit(model.config)))
+    check_fits(model, config)
     session = ChatSession(model, tokenizer, InferenceSpec.load(args.model), config)
     try:
         session.set_tone(args.tone)
@@ -375,22 +402,25 @@ def generation_config(args: argparse.Namespace) -> GenerationConfig:
 
 
 def run_chat(args: argparse.Namespace) -> int:
+    # Lines that are not UTF-8 are kept, their bad bytes shown as U+FFFD (seq2seq.text); closed stdin is an error.
+    lines = None if sys.stdin is not None and sys.stdin.isatty() else read_lines(sys.stdin)
     session = load_session(args)
-    if not sys.stdin.isatty():
-        return line_loop(session, sys.stdin)
+    if lines is not None:
+        return line_loop(session, lines)
     kind = "fine-tuned" if session.spec.fine_tuned else "pretrained only: it continues the text you give it"
     banner = f"seq2seq chat: {args.model} ({kind}). /help for commands, Ctrl-D or /quit to leave."
     return interactive_loop(session, banner)
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    prompt = valid_text(args.prompt)  # an argument's bytes that are not UTF-8 arrive as surrogates
     session = load_session(args)
     if not args.json:
-        ask(session, args.prompt, sys.stdout, interactive=True)
+        ask(session, prompt, sys.stdout, interactive=True)
         return 0
-    tone, source = prepare(session, args.prompt)
+    tone, source = prepare(session, prompt)
     result = generate(session.model, session.tokenizer, [source.ids], session.config)[0]
-    print(json.dumps({"prompt": args.prompt, "text": result.text, "finish_reason": result.finish_reason,
+    print(json.dumps({"prompt": prompt, "text": result.text, "finish_reason": result.finish_reason,
                       "tone": tone, "new_tokens": len(result.token_ids)}, ensure_ascii=False))
     return 0
 
@@ -402,7 +432,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--tone", default="plain", choices=TONES, help="answer tone (fine-tuned checkpoints)")
     group = parser.add_argument_group("decoding")
-    group.add_argument("--max-tokens", type=int, help=f"new tokens at most (default {defaults.max_new_tokens})")
+    group.add_argument("--max-tokens", type=int, help=f"new tokens at most: up to the model's max_seq_len - 1 "
+                                                      f"(default {defaults.max_new_tokens}, or that if fewer)")
     group.add_argument("--temperature", type=float,
                        help=f"0 for greedy decoding (default {defaults.temperature})")
     group.add_argument("--top-k", type=int, help=f"sample among the k likeliest tokens, 0: off "

@@ -22,6 +22,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
 from seq2seq.tasks import TASKS, TONES
+from seq2seq.text import valid_text
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 # The reserved tone tokens and task markers come from seq2seq.tasks (TONES, TASKS).
@@ -196,6 +197,8 @@ class Tokenizer:
     # ---- encoding and decoding ----
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        """Token ids of `text`; a lone surrogate (which UTF-8 cannot encode) is read as U+FFFD."""
+        text = valid_text(text)
         if META_SPACE in text:
             ids: list[int] = []
             for k, part in enumerate(text.split(META_SPACE)):
@@ -216,11 +219,12 @@ class Tokenizer:
         gives the same segmentation within one process only: SentencePiece's generator differs between processes
         (`pretrain.recipe.resegmented_copies` caches what it makes). Reserved-token strings are not recognised."""
         spm.set_random_generator_seed(seed)
-        return self._sp.encode(text, enable_sampling=True, alpha=alpha, nbest_size=-1)
+        return self._sp.encode(valid_text(text), enable_sampling=True, alpha=alpha, nbest_size=-1)
 
     def encode_batch(self, texts: list[str], num_threads: int = 2) -> list[list[int]]:
         """Encode many texts at once (SentencePiece's multithreaded batch path)."""
-        out = self._sp.encode(list(texts), num_threads=num_threads)
+        texts = [valid_text(text) for text in texts]
+        out = self._sp.encode(texts, num_threads=num_threads)
         for k, text in enumerate(texts):
             if META_SPACE in text:
                 out[k] = self.encode(text)

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from seq2seq.checkpoint import CheckpointError, load_model, save_pretrained
 from seq2seq.model import ModelConfig, Transformer
@@ -86,13 +87,53 @@ def test_weights_that_do_not_match_the_config_are_named(tmp_path):
     save_pretrained(make_model(), tmp_path / "ckpt")
     config_path = tmp_path / "ckpt" / "config.json"
     config = json.loads(config_path.read_text())
-    config["d_ff"] = 48
+    config["d_ff"] = 16
     config_path.write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="model.safetensors.*shape"):
         load_model(tmp_path / "ckpt")
     config["n_heads"] = 3  # 16 is not divisible by 3
     config_path.write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="config.json.*n_heads"):
+        load_model(tmp_path / "ckpt")
+
+
+def test_a_config_larger_than_its_weights_is_refused_before_the_model_is_built(tmp_path):
+    model = make_model()
+    save_pretrained(model, tmp_path / "ckpt")
+    config_path = tmp_path / "ckpt" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "d_model": 2**40, "d_ff": 2**40}))  # building it needs petabytes
+    with pytest.raises(CheckpointError, match=rf"config\.json: describes a model of [\d,]+ parameters, but "
+                                              rf".*model\.safetensors holds {model.num_parameters():,} values"):
+        load_model(tmp_path / "ckpt")
+
+
+def rewrite_tensor(directory, name: str, change) -> None:
+    path = directory / "model.safetensors"
+    state = load_file(str(path))
+    state[name] = change(state[name])
+    save_file(state, str(path))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, value):
+    save_pretrained(make_model(), tmp_path / "ckpt")
+    name = "decoder.layers.0.feed_forward.w1.weight"
+
+    def poison(tensor):
+        tensor[3, 5] = value
+        return tensor
+
+    rewrite_tensor(tmp_path / "ckpt", name, poison)
+    with pytest.raises(CheckpointError, match=rf"model\.safetensors: tensor {name} holds NaN or infinite values"):
+        load_model(tmp_path / "ckpt")
+
+
+def test_weights_that_are_not_floating_point_are_refused_naming_the_tensor(tmp_path):
+    save_pretrained(make_model(), tmp_path / "ckpt")
+    name = "encoder.layers.0.self_attn.qkv_proj.weight"
+    rewrite_tensor(tmp_path / "ckpt", name, lambda tensor: (tensor * 100).to(torch.int8))
+    with pytest.raises(CheckpointError, match=rf"model\.safetensors: tensor {name} has dtype int8"):
         load_model(tmp_path / "ckpt")
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 from helpers import PROMPTS, tiny_model, train_tokenizer
@@ -112,3 +114,30 @@ def test_classify_command_explains_a_checkpoint_without_classifiers(checkpoints,
     status, out, err = run_cli(capsys, "--model", str(checkpoints / "pretrained"), "Why did")
     assert status == 2
     assert "no classifiers: it is pretrained only" in err and out == ""
+
+
+def test_classify_reads_any_bytes_from_standard_input(checkpoints, model, tokenizer, capsys, monkeypatch):
+    data = bytes(np.random.default_rng(0).integers(0, 256, size=3000, dtype=np.uint8)) + b"\nCaf\xe9\n"
+    lines = data.split(b"\n")[:-1]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="strict"))
+    status, out, err = run_cli(capsys, "--model", str(checkpoints / "finetuned"), "--json", "--classifier", "joke", "-")
+    assert status == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    texts = [line.decode("utf-8", errors="surrogateescape").rstrip("\r") for line in lines]
+    texts = ["".join("\ufffd" if "\udc80" <= c <= "\udcff" else c for c in text) for text in texts]
+    assert [row["text"] for row in rows] == texts and texts[-1] == "Caf\ufffd"
+    expected = classify(model, tokenizer, texts, CLASSIFIER)
+    assert [row["joke"] for row in rows] == [pytest.approx(probs, abs=1e-5) for probs in expected]
+
+
+def test_classify_arguments_that_are_not_utf8(checkpoints, capsys):
+    status, out, err = run_cli(capsys, "--model", str(checkpoints / "finetuned"), os.fsdecode(b"caf\xe9"))
+    assert status == 0, err
+    assert out.endswith("\tcaf\ufffd\n")
+
+
+def test_classify_with_standard_input_closed_is_an_error(checkpoints, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", None)  # what Python makes of `seq2seq classify - <&-`
+    status, out, err = run_cli(capsys, "--model", str(checkpoints / "finetuned"), "-")
+    assert status == 2 and out == ""
+    assert "standard input is closed" in err

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from data_pipelines.mixture import MixtureConfig, MixtureSource, build_mixture, load_mixture
+from data_pipelines.mixture import MixtureConfig, MixtureSource, build_mixture, load_mixture, load_mixture_config
 from data_pipelines.readers import read_dailydialog, read_humor_colbert, read_jokes_qa, read_sarcasm_headlines
 from seq2seq.cli import main
 from seq2seq.records import InvalidRecordError, InvalidRecords
@@ -26,6 +26,8 @@ BAD_LINES = {
     ).encode()
     + b"\n",
     "unknown task 'poetry'": json.dumps({**GOOD, "task": "poetry"}).encode() + b"\n",
+    # JSON can spell half of a surrogate pair; UTF-8 cannot write it into train.jsonl
+    "field 'prompt' is not valid Unicode": json.dumps({**GOOD, "prompt": "caf\ud800"}).encode() + b"\n",
 }
 
 
@@ -134,3 +136,51 @@ def test_the_cli_reports_bad_input_and_skip_invalid(tmp_path: Path, capsys, tiny
     assert main([*argv, "--skip-invalid"]) == 0
     out = capsys.readouterr().out
     assert "invalid records skipped: 1" in out and "examples.jsonl: malformed JSON" in out
+
+
+def test_max_chars_applies_to_jsonl_sources(tmp_path: Path):
+    long = {**GOOD, "prompt": "Why? " * 200}  # 1,000 characters
+    path = write(tmp_path / "examples.jsonl", json.dumps(GOOD).encode() + b"\n", json.dumps(long).encode() + b"\n")
+    summary = build_mixture(jsonl_config(path), tmp_path, tmp_path / "out", log=lambda _: None)
+    assert sum(summary["examples"].values()) == 1
+    assert summary["dropped"] == {f"jsonl ({path})": {"longer than max_chars=500": 1}}
+    written = [json.loads(line) for split in ("train", "val", "test")
+               for line in (tmp_path / "out" / f"{split}.jsonl").read_text().splitlines()]
+    assert [example["prompt"] for example in written] == [GOOD["prompt"]]
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n"])
+def test_an_empty_jsonl_source_is_an_error_naming_it(tmp_path: Path, content: bytes):
+    path = write(tmp_path / "empty.jsonl", content)
+    with pytest.raises(ValueError, match=r"empty\.jsonl: no examples"):
+        build_mixture(jsonl_config(path), tmp_path, tmp_path / "out", cache_dir=tmp_path / "cache", log=lambda _: None)
+
+
+def test_a_source_without_candidates_is_cached_like_any_other(tmp_path: Path):
+    long = {**GOOD, "prompt": "Why? " * 200}
+    path = write(tmp_path / "examples.jsonl", json.dumps(long).encode() + b"\n")
+    logged: list[str] = []
+    for out in ("first", "second"):  # the second build reads the builder's (empty) output from the cache
+        summary = build_mixture(jsonl_config(path), tmp_path, tmp_path / out, cache_dir=tmp_path / "cache",
+                                log=logged.append)
+        assert summary["examples"] == {"train": 0, "val": 0, "test": 0}
+        assert summary["dropped"] == {f"jsonl ({path})": {"longer than max_chars=500": 1}}
+    assert logged[-1].endswith("0 candidates (cached)")
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("weight", -1.0, "weight must be a number >= 0, got -1"),
+    ("weight", float("nan"), "weight must be a number >= 0, got nan"),
+    ("cap", -5, "cap must not be negative"),
+    ("eval_cap", -5, "eval_cap must not be negative"),
+])
+def test_a_bad_mixture_number_is_refused_naming_its_key(tmp_path: Path, field: str, value: float, message: str):
+    config = tmp_path / "mixture.yaml"
+    config.write_text(f"name: x\nsources:\n  - {{builder: jsonl, path: a.jsonl}}\n"
+                      f"  - {{builder: jsonl, path: b.jsonl, {field}: {json.dumps(value).replace('NaN', '.nan')}}}\n")
+    with pytest.raises(ValueError, match=rf"mixture\.yaml: sources\[1\]\.{message}"):
+        load_mixture_config(config)
+    sources = [MixtureSource(builder="jsonl", path="a.jsonl"), MixtureSource(builder="jsonl", path="b.jsonl")]
+    setattr(sources[1], field, value)
+    with pytest.raises(ValueError, match=rf"mixture 'x': sources\[1\]\.{message}"):  # a config made in Python too
+        build_mixture(MixtureConfig(name="x", sources=sources), tmp_path, tmp_path / "out", log=lambda _: None)

@@ -212,3 +212,31 @@ def test_offensive_filter_matches_words_prefixes_and_phrases():
     assert not words.is_offensive("Sussex") and not words.is_offensive("")
     listed = default_filter()
     assert listed.is_offensive("Why don't women ...") and not listed.is_offensive("Why did the chicken cross?")
+
+
+def test_a_mixture_conversation_is_what_serving_sends_for_the_same_turns(built, sample_raw_dir: Path):
+    """The chat examples lay a conversation out exactly as `seq2seq chat` and `seq2seq serve` do: rebuilt from
+    its dialogue as messages, each example's prompt is what the library renders for them."""
+    from collections import Counter
+
+    from data_pipelines.readers import read_dailydialog
+    from seq2seq.prompting import CONVERSATION_TURNS, conversation_text
+    from seq2seq.records import InvalidRecords
+
+    rows = built["dailydialog_chat"][0]
+    dialogues = read_dailydialog(sample_raw_dir, InvalidRecords(), Counter())
+    by_response = {}
+    for dialogue in dialogues:
+        for t in range(1, len(dialogue.turns)):
+            by_response.setdefault((dialogue.turns[t], dialogue.turns[t - 1]), dialogue.turns[:t])
+    checked = 0
+    for row in rows[:200]:
+        last_turn = row["prompt"].split("\n")[-1]
+        turns = by_response.get((row["response"], last_turn))
+        if turns is None or len("\n".join(turns[-CONVERSATION_TURNS:])) > 500:
+            continue
+        messages = [{"role": "user" if (len(turns) - i) % 2 else "assistant", "content": text}
+                    for i, text in enumerate(turns)]
+        assert conversation_text([m["content"] for m in messages]) == row["prompt"]
+        checked += 1
+    assert checked > 50

@@ -1,6 +1,7 @@
 """The few-shot harness: rendering, demonstration sampling, choice scores, normalisation, truncation, task files."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,10 @@ from seq2seq.evaluation import (
     TaskConfig,
     encode_context,
     evaluate_task,
+    load_items,
     load_task,
     render_context,
+    run_eval,
     sample_demonstrations,
 )
 from seq2seq.model import ModelConfig, Transformer
@@ -138,3 +141,41 @@ def test_builtin_tasks_load():
         assert load_task(name).name == name
     with pytest.raises(ValueError, match="unknown task"):
         load_task("nonexistent")
+
+
+@pytest.mark.parametrize("template", ["{0}", "{}", "Q: {prompt.foo}", "{prompt", "Q}", "{prompt!x}"])
+def test_a_template_that_is_not_made_of_field_names_is_refused_naming_the_task_file(tmp_path, template):
+    bad = tmp_path / "bad.yaml"
+    head = "name: x\ndata: d.jsonl\nmetric: loglikelihood\nchoices: [a, b]\n"
+    bad.write_text(f"{head}template: {json.dumps(template)}\n")
+    with pytest.raises(ValueError, match=rf"bad\.yaml: task x: template {re.escape(repr(template))}"):
+        load_task(str(bad))
+    bad.write_text(f"{head}answer: {json.dumps(template)}\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: task x: answer"):
+        load_task(str(bad))
+
+
+@pytest.mark.parametrize(("row", "template", "message"), [
+    ({"prompt": "q", "response": "a"}, "{question}", r"items\.jsonl: row 1 has no field 'question' used by task t"),
+    ({"prompt": "q", "response": "a"}, "{prompt[5]}", r"items\.jsonl: row 1: task t's template '\{prompt\[5\]\}'"),
+    ({"prompt": "q", "response": "a"}, "{prompt:d}", r"items\.jsonl: row 1: task t's template '\{prompt:d\}'"),
+    ({"prompt": "q\ud800", "response": "a"}, "{prompt}", r"items\.jsonl: row 1: not valid Unicode"),
+])
+def test_a_row_that_cannot_become_an_item_is_named(tmp_path, row, template, message):
+    path = tmp_path / "items.jsonl"
+    path.write_text(json.dumps({**row, "split": "test"}) + "\n")  # json.dumps spells a lone surrogate "\ud800"
+    with pytest.raises(ValueError, match=message):
+        load_items(task(data=str(path), template=template))
+
+
+def test_eval_limit_must_be_at_least_one(tmp_path):
+    with pytest.raises(ValueError, match="--limit must be at least 1"):  # before the checkpoint is read
+        run_eval(str(tmp_path / "no-checkpoint"), ["speaker"], [0], 0, 1234, None)
+
+
+def test_a_generation_task_longer_than_the_model_can_write_is_refused_before_it_runs(model, tokenizer, tmp_path):
+    save_pretrained(model, tmp_path / "model", tokenizer)
+    task_file = tmp_path / "long.yaml"
+    task_file.write_text("name: long\ndata: unused.jsonl\nmetric: generate\ngeneration: {max_new_tokens: 64}\n")
+    with pytest.raises(ValueError, match=r"task long: generation\.max_new_tokens 64 .*\(63: its max_seq_len - 1\)"):
+        run_eval(str(tmp_path / "model"), [str(task_file)], [0], None, 1234, None)

@@ -266,10 +266,47 @@ def test_generation_runs_in_eval_mode_and_restores_training_mode(tokenizer):
                                             (dict(repetition_penalty=0.0), "repetition_penalty"),
                                             (dict(num_beams=2, temperature=0.7), "beam search"),
                                             (dict(do_sample=True), "temperature"),
+                                            (dict(num_beams=65), "num_beams .*at most 64"),
                                             (dict(stop_strings=("",)), "stop_strings")])
 def test_bad_settings_are_named(settings, field):
     with pytest.raises(ValueError, match=field):
         GenerationConfig(**settings)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bounds: the decoder never runs past max_seq_len positions
+
+
+def never_ending(tokenizer: Tokenizer, **overrides) -> Transformer:
+    """A tiny model that never writes </s>: only max_new_tokens ends its answers."""
+    model = tiny_model(tokenizer, **overrides)
+    with torch.no_grad():
+        model.output_proj.weight[tokenizer.eos_id] = -10 * model.output_proj.weight.abs().max()
+    return model
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rotary"])
+def test_answers_end_where_the_models_positions_do(tokenizer, positions, monkeypatch):
+    model = never_ending(tokenizer, positions=positions, max_seq_len=16)
+    sources = sources_for(tokenizer, PROMPTS[:2])
+    for settings in (dict(), dict(num_beams=2)):
+        results = generate(model, tokenizer, sources, GenerationConfig(max_new_tokens=15, **settings))
+        assert [(len(r.token_ids), r.finish_reason) for r in results] == [(15, "length")] * 2
+    monkeypatch.setattr(torch, "full", lambda *args, **kwargs: pytest.fail("allocated before refusing"))
+    for max_new_tokens in (16, 10**11):
+        for settings in (dict(), dict(num_beams=2)):
+            config = GenerationConfig(max_new_tokens=max_new_tokens, **settings)
+            with pytest.raises(ValueError, match=r"max_new_tokens \(--max-tokens\) must be at most 15 .*"
+                                                 rf"max_seq_len 16 .*got {max_new_tokens}"):
+                generate(model, tokenizer, sources, config)
+            with pytest.raises(ValueError, match="max_new_tokens"):
+                next(stream(model, tokenizer, sources[0], config))
+
+
+def test_beams_are_bounded_by_the_vocabulary(tokenizer):
+    model = tiny_model(tokenizer, vocab_size=100)
+    with pytest.raises(ValueError, match=r"num_beams \(--num-beams\) must be at most 50 .*100-token"):
+        generate(model, tokenizer, [[5, 6, tokenizer.eos_id]], GenerationConfig(max_new_tokens=4, num_beams=51))
 
 
 # ---------------------------------------------------------------------------------------------------------

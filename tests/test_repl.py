@@ -24,8 +24,8 @@ from seq2seq.checkpoint import save_pretrained
 from seq2seq.classify import classify
 from seq2seq.cli import main
 from seq2seq.generation import GenerationConfig, generate
-from seq2seq.prompting import PRETRAINING_TASK, build_source
-from seq2seq.repl import CHAT_DEFAULTS, one_line
+from seq2seq.prompting import PRETRAINING_TASK, InferenceSpec, build_conversation_source, build_source
+from seq2seq.repl import CHAT_DEFAULTS, ChatSession, one_line
 
 INFERENCE = {"task": "chat", "tones": True,
              "classifiers": {"joke": {"task": "is_joke", "labels": {"true": "yes", "false": "no"}},
@@ -50,7 +50,7 @@ def checkpoints(tmp_path_factory, model, tokenizer) -> Path:
     save_pretrained(model, root / "pretrained", tokenizer)
     save_pretrained(model, root / "finetuned", tokenizer,
                     extra=lambda d: (d / "inference.json").write_text(json.dumps(INFERENCE)))
-    rambling = tiny_model(tokenizer)
+    rambling = tiny_model(tokenizer, max_seq_len=100_001)  # sinusoidal positions: no weights per position
     with torch.no_grad():
         rambling.output_proj.weight[tokenizer.eos_id] = -10 * rambling.output_proj.weight.abs().max()
     save_pretrained(rambling, root / "rambling", tokenizer)  # it never writes </s>: answers to interrupt
@@ -66,6 +66,14 @@ def answer(model, tokenizer, prompt: str, config: GenerationConfig = GREEDY, tas
            tone: str | None = None, shots=()) -> str:
     source = build_source(tokenizer, prompt, task=task, tone=tone, shots=shots, max_len=model.config.max_seq_len)
     return generate(model, tokenizer, [source.ids], config)[0].text
+
+
+def converse(model, tokenizer, turns: list[str], tone: str) -> str:
+    """The greedy answer to the last of `turns` (user and assistant alternating) as a chat checkpoint reads it."""
+    messages = [{"role": "user" if (len(turns) - i) % 2 else "assistant", "content": text}
+                for i, text in enumerate(turns)]
+    source = build_conversation_source(tokenizer, messages, task="chat", tone=tone, max_len=model.config.max_seq_len)
+    return generate(model, tokenizer, [source.ids], GREEDY)[0].text
 
 
 def chat(model_dir: Path, lines: list[str], env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -120,8 +128,10 @@ def test_piped_chat_with_a_fine_tuned_checkpoint(checkpoints, model, tokenizer, 
              "/history", f"/save {transcript}", "/show"]
     result = chat(checkpoints / "finetuned", lines, env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n") == [one_line(plain), one_line(joke),
-                                         one_line(answer(model, tokenizer, prompt, task="chat", tone=auto_tone)),
+    # A chat checkpoint reads the conversation so far: each question after the first comes after the last turns.
+    joke = converse(model, tokenizer, [prompt, plain, prompt], "joke")
+    auto = converse(model, tokenizer, [prompt, plain, prompt, joke, prompt], auto_tone)
+    assert result.stdout.split("\n") == [one_line(plain), one_line(joke), one_line(auto),
                                          one_line(answer(model, tokenizer, prompt, task="chat", tone="plain",
                                                          shots=shots)), ""]
     errors = result.stderr
@@ -142,6 +152,59 @@ def test_a_long_question_is_cut_from_the_left_with_a_notice(checkpoints, model, 
     out, err = capsys.readouterr()
     assert "[input cut: the first" in err and "64-token source" in err
     assert out == one_line(answer(model, tokenizer, prompt)) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Input that is not UTF-8, and settings the model cannot take
+
+
+def stdin_bytes(data: bytes) -> io.TextIOWrapper:
+    """Standard input as Python opens it under a UTF-8 locale (strict: bad bytes would raise on reading)."""
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="strict")
+
+
+def test_piped_bytes_that_are_not_utf8_become_replacement_characters(checkpoints, model, tokenizer, monkeypatch,
+                                                                     capsys):
+    monkeypatch.setattr(sys, "stdin", stdin_bytes(b"Why did \xff\xfe\nCaf\xe9 au lait\r\n"))
+    assert main(["chat", "--model", str(checkpoints / "pretrained"), "--temperature", "0", "--max-tokens", "12"]) == 0
+    out, err = capsys.readouterr()
+    assert out.split("\n") == [one_line(answer(model, tokenizer, "Why did \ufffd\ufffd")),
+                                one_line(answer(model, tokenizer, "Caf\ufffd au lait")), ""], err
+
+
+def test_generate_prompt_with_bytes_that_are_not_utf8(checkpoints, model, tokenizer, capsys):
+    prompt = os.fsdecode(b"caf\xe9")  # how Python hands over an argument that is not UTF-8: "caf\udce9"
+    assert main(["generate", "--model", str(checkpoints / "pretrained"), "--prompt", prompt, "--temperature", "0",
+                 "--max-tokens", "12", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["prompt"] == "caf\ufffd" and printed["text"] == answer(model, tokenizer, "caf\ufffd")
+
+
+def test_chat_with_standard_input_closed_is_an_error(checkpoints, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", None)  # what Python makes of `seq2seq chat <&-`
+    assert main(["chat", "--model", str(checkpoints / "pretrained")]) == 2
+    assert "standard input is closed" in capsys.readouterr().err
+
+
+def test_max_tokens_is_bounded_by_the_models_positions(checkpoints, model, tokenizer, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("/show\n"))
+    assert main(["chat", "--model", str(checkpoints / "pretrained")]) == 0
+    assert "max_tokens 63 " in capsys.readouterr().err  # the default, 128, cut to what max_seq_len 64 allows
+    assert main(["chat", "--model", str(checkpoints / "pretrained"), "--max-tokens", str(10**11)]) == 2
+    assert "max_new_tokens (--max-tokens) must be at most 63" in capsys.readouterr().err
+    session = ChatSession(model, tokenizer, InferenceSpec(), GREEDY)
+    with pytest.raises(ValueError, match="must be at most 63 .*got 100000000000"):
+        session.command(f"/set max_tokens {10**11}")
+    assert session.config == GREEDY
+    assert session.command("/set max_tokens 63") == "max_tokens = 63"
+
+
+@pytest.mark.parametrize("line", ["/shots add  => ", "/shots add Why did =>", "/shots add => To get there"])
+def test_shots_add_refuses_an_empty_example(model, tokenizer, line):
+    session = ChatSession(model, tokenizer, InferenceSpec(), GREEDY)
+    with pytest.raises(ValueError, match="needs both a prompt and a response"):
+        session.command(line)
+    assert session.shots == []
 
 
 @pytest.mark.slow
@@ -245,6 +308,19 @@ def test_terminal_chat_streams_stops_on_ctrl_c_and_leaves_on_ctrl_d(checkpoints,
 
 
 @pytest.mark.slow
+def test_terminal_chat_takes_typed_bytes_that_are_not_utf8(checkpoints, env):
+    terminal = Terminal([*CHAT, "--model", str(checkpoints / "pretrained"), "--temperature", "0",
+                         "--max-tokens", "4"], {**env, "LC_ALL": "C.UTF-8"})
+    terminal.read_until(">>> ")
+    os.write(terminal.fd, b"caf\xff ok\n")  # a byte that UTF-8 never has, typed into a UTF-8 terminal
+    terminal.read_until(">>> ")
+    terminal.send("/history\n")
+    assert "[1] caf\ufffd ok\n" in terminal.read_until(">>> ")  # asked and answered
+    terminal.send("/quit\n")
+    assert terminal.wait() == 0
+
+
+@pytest.mark.slow
 def test_terminal_chat_quits_and_lives_without_a_history_file(checkpoints, env, tmp_path):
     (tmp_path / ".seq2seq_history").mkdir()  # neither readable nor writable as a file
     terminal = Terminal([*CHAT, "--model", str(checkpoints / "pretrained"), "--temperature", "0",
@@ -256,3 +332,22 @@ def test_terminal_chat_quits_and_lives_without_a_history_file(checkpoints, env, 
     terminal.read_until(">>> ")
     terminal.send("/quit\n")
     assert terminal.wait() == 0
+
+
+def test_a_chat_checkpoint_reads_the_conversation_and_undo_and_reset_forget_it(model, tokenizer):
+    from seq2seq.repl import ChatSession, Exchange
+
+    spec = InferenceSpec.from_dict(INFERENCE)
+    session = ChatSession(model, tokenizer, spec, GREEDY)
+    session.exchanges += [Exchange("Hello there", "Good morning", "plain"), Exchange("How are you?", "Well", "plain")]
+    messages = [{"role": r, "content": c} for r, c in [("user", "Hello there"), ("assistant", "Good morning"),
+                                                      ("user", "How are you?"), ("assistant", "Well"),
+                                                      ("user", "And you?")]]
+    expected = build_conversation_source(tokenizer, messages, task="chat", tone="plain", max_len=64).ids
+    assert session.source("And you?", "plain").ids == expected
+    assert tokenizer.decode(expected).count("\n") == 3  # the last four turns, one per line
+    session.command("/undo")
+    assert [e.prompt for e in session.exchanges] == ["Hello there"]
+    session.command("/reset")
+    alone = build_source(tokenizer, "And you?", task="chat", tone="plain", max_len=64).ids
+    assert session.source("And you?", "plain").ids == alone

@@ -121,3 +121,8 @@ def test_vocab_too_small_or_too_large_for_the_text_is_an_error():
         Tokenizer.train([MODERN], None, 100)
     with pytest.raises(ValueError, match="Vocabulary size too high"):
         Tokenizer.train([MODERN], None, 8192, model_type="unigram")
+
+
+def test_a_lone_surrogate_is_encoded_as_the_replacement_character(tiny_tokenizer):
+    assert tiny_tokenizer.encode("a\ud800b") == tiny_tokenizer.encode("a\ufffdb")
+    assert tiny_tokenizer.encode_batch(["\udfff"]) == [tiny_tokenizer.encode("\ufffd")]

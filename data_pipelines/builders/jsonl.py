@@ -2,7 +2,9 @@
 
 `prompt`, `response` and `task` are required; `id`, `source`, `labels` and `split` may be left out (a hash id,
 the config's `source` or the file name, null labels, and the hash split of the prompt). Anything else that
-is wrong stops the build with the file and line (or is skipped and counted with --skip-invalid).
+is wrong stops the build with the file and line (or is skipped and counted with --skip-invalid); a file with
+no examples at all stops it too. Like every builder's, a prompt or response longer than `max_chars` is
+dropped and counted.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ def examples(ctx: BuildContext) -> list[dict[str, Any]]:
     if not ctx.path.is_file():
         raise FileNotFoundError(f"{ctx.path} not found (the `path:` of a jsonl source)")
     default_source = ctx.source or ctx.path.stem
-    rows = []
+    rows, records = [], 0
     for number, record in read_jsonl(ctx.path, ctx.invalid):
+        records += 1
         example = validate_example(record, ctx.path, number, ctx.invalid, required=("prompt", "response", "task"))
         if example is None:
             continue
         prompt, response = example["prompt"], example["response"]
+        if ctx.too_long(prompt, response):
+            continue
         labels = example["labels"]
         content = [prompt] if example["task"] in CLOSED_RESPONSE_TASKS else [prompt, response]
         row = candidate(
@@ -43,4 +48,6 @@ def examples(ctx: BuildContext) -> list[dict[str, Any]]:
         )
         row["id"] = example["id"] or row["id"]
         rows.append(row)
+    if not records:
+        raise ValueError(f"{ctx.path}: no examples (a jsonl source holds one JSON object per line)")
     return rows
