@@ -84,6 +84,9 @@ commands:
   /undo                   forget the last question and its answer
   /reset                  start over: forget the conversation and few-shot examples (settings stay)
   /save FILE              write the questions and answers as JSON lines
+  /good, /bad             mark the last answer (with --feedback FILE: appended there for preference tuning)
+  /retry                  sample another answer to the last question
+  /prefer 1|2             after /retry: keep the better answer, recording the pair (with --feedback)
   /quit                   leave (Ctrl-D too); Ctrl-C stops an answer"""
 
 
@@ -111,6 +114,9 @@ class ChatSession:
         self.tone = "plain"
         self.shots: list[tuple[str, str]] = []
         self.exchanges: list[Exchange] = []
+        self.feedback_path: Path | None = None  # --feedback: where /good, /bad and /prefer append
+        self.checkpoint_sha256 = ""
+        self.retried: str | None = None  # /retry's answer to the last question, until /prefer or the next one
 
     # -- commands ------------------------------------------------------------------------------------------
 
@@ -123,6 +129,8 @@ class ChatSession:
             "/help": lambda _: HELP, "/set": self.set_option, "/show": lambda _: self.show(), "/tone": self.set_tone,
             "/classify": self.classify, "/shots": self.shots_command, "/history": lambda _: self.history(),
             "/reset": lambda _: self.reset(), "/undo": lambda _: self.undo(), "/save": self.save,
+            "/good": lambda _: self.thumb(True), "/bad": lambda _: self.thumb(False), "/retry": lambda _: self.retry(),
+            "/prefer": self.prefer,
         }
         if name not in handlers:
             raise ValueError(f"unknown command {name} (try /help)")
@@ -198,14 +206,65 @@ class ChatSession:
         return "\n".join(lines)
 
     def reset(self) -> str:
+        self.retried = None
         self.exchanges.clear()
         self.shots.clear()
         return "questions, answers and few-shot examples forgotten"
+
+    # -- feedback ------------------------------------------------------------------------------------------------
+
+    def last_exchange(self, command: str) -> Exchange:
+        if not self.exchanges:
+            raise ValueError(f"{command}: no answer yet")
+        return self.exchanges[-1]
+
+    def record(self, **fields) -> str:
+        from seq2seq.preference import append_feedback, feedback_record
+
+        exchange = self.exchanges[-1]
+        prompt = self.prompt_record(exchange.prompt, self.exchanges[:-1])
+        record = feedback_record(prompt, self.checkpoint_sha256, tone=exchange.tone, **fields)
+        if self.feedback_path is None:
+            return "noted (start chat with --feedback FILE to keep feedback for preference tuning)"
+        append_feedback(self.feedback_path, record)
+        return f"recorded in {self.feedback_path}"
+
+    def thumb(self, label: bool) -> str:
+        exchange = self.last_exchange("/good" if label else "/bad")
+        if not exchange.answer.strip():
+            raise ValueError("the last answer is empty")
+        return self.record(response=exchange.answer, label=label)
+
+    def retry(self) -> str:
+        exchange = self.last_exchange("/retry")
+        config = self.config if self.config.sampling else dataclasses.replace(
+            self.config, temperature=CHAT_DEFAULTS.temperature, top_p=CHAT_DEFAULTS.top_p, num_beams=1)
+        source = self.source(exchange.prompt, exchange.tone, self.exchanges[:-1])
+        self.retried = generate(self.model, self.tokenizer, [source.ids], config)[0].text
+        return f"[1] {exchange.answer}\n[2] {self.retried}\n(/prefer 1 or /prefer 2)"
+
+    def prefer(self, argument: str) -> str:
+        if argument not in ("1", "2"):
+            raise ValueError("usage: /prefer 1|2 (after /retry)")
+        exchange = self.last_exchange("/prefer")
+        if self.retried is None:
+            raise ValueError("/prefer: /retry first, to have two answers")
+        first, second = exchange.answer, self.retried
+        chosen, rejected = (first, second) if argument == "1" else (second, first)
+        if chosen.strip() == rejected.strip():
+            self.retried = None
+            raise ValueError("/prefer: the two answers are the same; nothing to prefer")
+        message = self.record(chosen=chosen, rejected=rejected)
+        if argument == "2":  # the conversation goes on from the preferred answer
+            self.exchanges[-1] = dataclasses.replace(exchange, answer=second, interrupted=False)
+        self.retried = None
+        return message
 
     def undo(self) -> str:
         if not self.exchanges:
             return "no questions yet"
         self.exchanges.pop()
+        self.retried = None
         return f"forgot the last exchange ({len(self.exchanges)} left)"
 
     def save(self, filename: str) -> str:
@@ -239,15 +298,25 @@ class ChatSession:
         tone = TONE_OF_CLASSIFIER[best] if true[best] > 0.5 else "plain"
         return tone, f"[tone: {tone} ({format_probabilities(probabilities)})]"
 
-    def source(self, prompt: str, tone: str | None) -> SourceIds:
+    def reads_conversation(self) -> bool:
+        return self.spec.task == CHAT_TASK and not self.shots
+
+    def prompt_record(self, prompt: str, before: list[Exchange]) -> str | list[dict[str, str]]:
+        """What the encoder reads for `prompt` after the exchanges `before`: the conversation as messages for a
+        chat checkpoint (`build_conversation_source` lays them out), else the question itself."""
+        if not self.reads_conversation():
+            return prompt
+        turns = [text for exchange in before for text in (exchange.prompt, exchange.answer)]
+        return [{"role": "user" if i % 2 == 0 else "assistant", "content": text}
+                for i, text in enumerate([*turns, prompt]) if text.strip()]
+
+    def source(self, prompt: str, tone: str | None, before: list[Exchange] | None = None) -> SourceIds:
         """A chat checkpoint reads the conversation (its last turns, as `seq2seq serve` and the chat data lay it
         out); other checkpoints, and questions after few-shot examples, read the question alone."""
         max_len = self.model.config.max_seq_len
-        if self.spec.task == CHAT_TASK and not self.shots:
-            turns = [text for exchange in self.exchanges for text in (exchange.prompt, exchange.answer)]
-            messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": text}
-                        for i, text in enumerate([*turns, prompt])]
-            return build_conversation_source(self.tokenizer, messages, task=self.spec.task, tone=tone,
+        record = self.prompt_record(prompt, self.exchanges if before is None else before)
+        if isinstance(record, list):
+            return build_conversation_source(self.tokenizer, record, task=self.spec.task, tone=tone,
                                              max_len=max_len)
         return build_source(self.tokenizer, prompt, task=self.spec.task, tone=tone, shots=self.shots,
                             max_len=max_len)
@@ -294,6 +363,7 @@ def ask(session: ChatSession, prompt: str, out: TextIO, interactive: bool) -> Ex
         interrupted = True
     exchange = Exchange(prompt, "".join(pieces), tone, interrupted)
     session.exchanges.append(exchange)
+    session.retried = None
     if interactive:
         out.write(" [stopped]\n" if interrupted else "\n")
     else:
@@ -386,6 +456,12 @@ def load_session(args: argparse.Namespace) -> ChatSession:
                                                                 max_new_tokens_limit(model.config)))
     check_fits(model, config)
     session = ChatSession(model, tokenizer, InferenceSpec.load(args.model), config)
+    if getattr(args, "feedback", None):
+        from seq2seq.checkpoint import WEIGHTS_FILE
+        from seq2seq.files import sha256_file
+
+        session.feedback_path = Path(args.feedback)
+        session.checkpoint_sha256 = sha256_file(Path(args.model) / WEIGHTS_FILE)
     try:
         session.set_tone(args.tone)
     except ValueError as error:  # e.g. --tone joke with a pretrained-only checkpoint: answer plain
@@ -462,6 +538,9 @@ def register(subparsers) -> None:
                     "command output and notices go to standard error.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=HELP)
     add_model_arguments(chat)
+    chat.add_argument("--feedback", metavar="FILE",
+                      help="append /good, /bad and /prefer to this JSONL file, for `seq2seq finetune` with "
+                           "configs/finetune/dpo.yaml or kto.yaml (docs/preference.md)")
     chat.set_defaults(run=run_chat)
     one = subparsers.add_parser("generate", help="answer one prompt",
                                 description="Answer one prompt, streamed to standard output.")

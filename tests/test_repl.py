@@ -351,3 +351,34 @@ def test_a_chat_checkpoint_reads_the_conversation_and_undo_and_reset_forget_it(m
     session.command("/reset")
     alone = build_source(tokenizer, "And you?", task="chat", tone="plain", max_len=64).ids
     assert session.source("And you?", "plain").ids == alone
+
+
+def test_feedback_commands_append_thumbs_and_pairs(model, tokenizer, tmp_path):
+    import io
+
+    from seq2seq.preference import read_feedback
+    from seq2seq.repl import ChatSession, ask
+
+    session = ChatSession(model, tokenizer, InferenceSpec.from_dict(INFERENCE), GREEDY)
+    session.feedback_path, session.checkpoint_sha256 = tmp_path / "feedback.jsonl", "abc"
+    with pytest.raises(ValueError, match="no answer yet"):
+        session.command("/good")
+    ask(session, "Hello there", io.StringIO(), interactive=False)
+    ask(session, PROMPTS[0], io.StringIO(), interactive=False)
+    first = session.exchanges[-1].answer
+    assert "recorded" in session.command("/bad")
+    with pytest.raises(ValueError, match="/retry first"):
+        session.command("/prefer 2")
+    shown = session.command("/retry")
+    assert shown.startswith(f"[1] {first}\n[2] ")
+    retried = session.retried
+    if retried.strip() != first.strip():
+        session.command("/prefer 2")
+        assert session.exchanges[-1].answer == retried  # the conversation goes on from the preferred answer
+    records = read_feedback(session.feedback_path)
+    messages = [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content":
+                session.exchanges[0].answer}, {"role": "user", "content": PROMPTS[0]}]
+    assert records[0].prompt == [m for m in messages if m["content"].strip()]
+    assert records[0].response == first and records[0].label is False and records[0].checkpoint_sha256 == "abc"
+    if retried.strip() != first.strip():
+        assert records[1].chosen == retried and records[1].rejected == first
