@@ -1,5 +1,6 @@
 """Zero-, one- and few-shot evaluation, as in "Language Models are Few-Shot Learners" (Brown et al., 2020):
-`seq2seq eval --model DIR --tasks NAME|FILE.yaml[,...] --shots 0,1,5 [--limit N] [--seed S] [--out FILE]`.
+`seq2seq eval --model DIR --tasks NAME|FILE.yaml[,...] --shots 0,1,5 [--limit N] [--seed S] [--out FILE]`,
+and perplexity on any text: `seq2seq eval --model DIR --text FILE...` (seq2seq/perplexity.py).
 
 Conventions follow EleutherAI's lm-evaluation-harness so numbers compare:
 - the context is the instruction, then k demonstrations, then the query, joined by a blank line ("\\n\\n");
@@ -55,7 +56,7 @@ class GenerationSettings:
 class TaskConfig:
     name: str
     data: str  # a JSONL file: the mixture schema, or any JSONL with `fields` mapping; "{mixture}/test.jsonl"
-    metric: Literal["loglikelihood", "generate"]
+    metric: Literal["loglikelihood", "generate", "perplexity"]  # perplexity: `data` is a text file
     query_split: str = "test"  # rows whose `split` field is this give the queries...
     demo_split: str = "train"  # ...and these the demonstrations
     demo_data: str | None = None  # demonstrations from another file (its rows, whatever their split)
@@ -71,6 +72,8 @@ class TaskConfig:
     task_marker: str | None = None  # fine-tuning task whose marker starts the encoder input (when the model has it)
     tone: str | None = "plain"
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    src_len: int | None = None  # perplexity: tokens of context the encoder reads (None: the model's source length)
+    tgt_len: int = 128  # perplexity: tokens each span predicts
 
     def __post_init__(self) -> None:
         if self.metric == "loglikelihood" and not self.choices and not self.num_choices:
@@ -252,6 +255,8 @@ def model_prefix(task: TaskConfig, tokenizer, spec: InferenceSpec) -> list[int]:
 
 def evaluate_task(model, tokenizer, task: TaskConfig, shots: list[int], limit: int | None, seed: int,
                   spec: InferenceSpec, max_len: int, batch_size: int = 32) -> list[dict[str, Any]]:
+    if task.metric == "perplexity":
+        return [evaluate_perplexity(model, tokenizer, task, max_len, batch_size)]
     queries, demos = load_items(task)
     if limit is not None and len(queries) > limit:
         queries = [queries[i] for i in sorted(np.random.default_rng(seed).choice(len(queries), limit, replace=False))]
@@ -299,6 +304,35 @@ def evaluate_task(model, tokenizer, task: TaskConfig, shots: list[int], limit: i
                                for q, p in list(zip(queries, predictions))[:3]]
         rows.append(row)
     return rows
+
+
+def evaluate_perplexity(model, tokenizer, task: TaskConfig, max_len: int, batch_size: int) -> dict[str, Any]:
+    """The pretraining measurement over a text file (seq2seq/perplexity.py): nats per token, nats and bits per
+    character, with the counts. No demonstrations: one row, k = 0."""
+    from seq2seq.perplexity import text_perplexity
+
+    path = Path(task.data)
+    if not path.is_file():
+        raise FileNotFoundError(f"task {task.name}: text file {path} not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 (byte {error.start + 1})") from None
+    src_len = task.src_len if task.src_len is not None else max_len - 2  # room for the task marker and </s>
+    if not 0 <= src_len <= max_len - 2 or not 1 <= task.tgt_len <= max_len - 1:
+        raise ValueError(f"task {task.name}: src_len must be in [0, {max_len - 2}] and tgt_len in [1, {max_len - 1}] "
+                         f"for this model (max_seq_len {max_len})")
+    figures = text_perplexity(model, tokenizer, text, src_len, task.tgt_len, batch_size)
+    return {"task": task.name, "shots": 0, "n": int(figures["tokens"]), "chars": int(figures["chars"]),
+            "src_len": src_len, "tgt_len": task.tgt_len, "demos_dropped": 0, "truncated_queries": 0,
+            "metrics": {name: {"value": figures[name], "stderr": 0.0}
+                        for name in ("nats_per_token", "nats_per_char", "bits_per_char")},
+            "baselines": {}}
+
+
+def text_task(path: str, src_len: int | None, tgt_len: int) -> TaskConfig:
+    """A perplexity task over one text file (`seq2seq eval --text FILE`)."""
+    return TaskConfig(name=Path(path).name, data=path, metric="perplexity", src_len=src_len, tgt_len=tgt_len)
 
 
 def summarize_metric(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
@@ -363,7 +397,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         axis.set_title(task)
         axis.set_xlabel("demonstrations (k)")
         axis.set_xticks(shots)
-        axis.set_ylim(0, 1)
+        if all(0 <= r['metrics'][m]['value'] <= 1 for r in task_rows for m in r['metrics']):
+            axis.set_ylim(0, 1)  # accuracies; nats per token or character are not
         axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -372,7 +407,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def run_eval(model_dir: str, task_specs: list[str], shots: list[int], limit: int | None, seed: int,
              out: Path | None, device: str = "auto", batch_size: int = 32,
-             mixture: str = DEFAULT_MIXTURE) -> dict[str, Any]:
+             mixture: str = DEFAULT_MIXTURE, extra_tasks: tuple[TaskConfig, ...] = ()) -> dict[str, Any]:
     from seq2seq.checkpoint import WEIGHTS_FILE, load_pretrained
     from seq2seq.device import resolve_device
     from seq2seq.generation import max_new_tokens_limit
@@ -382,7 +417,9 @@ def run_eval(model_dir: str, task_specs: list[str], shots: list[int], limit: int
     if out is not None and out.suffix != ".json":
         raise ValueError(f"--out {out}: give the results JSON path (FILE.json); the table (.md) and plot (.png) "
                          f"go beside it")
-    tasks = [with_mixture(load_task(spec), mixture) for spec in task_specs]
+    tasks = [with_mixture(load_task(spec), mixture) for spec in task_specs] + list(extra_tasks)
+    if not tasks:
+        raise ValueError("nothing to evaluate: give --tasks, --text, or both")
     model, tokenizer = load_pretrained(model_dir, resolve_device(device))
     for task in tasks:  # before any task runs
         if task.metric == "generate" and task.generation.max_new_tokens > max_new_tokens_limit(model.config):
@@ -428,8 +465,9 @@ def parse_shots(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_eval(args.model, [t for t in args.tasks.split(",") if t], args.shots, args.limit, args.seed,
-             Path(args.out) if args.out else None, args.device, args.batch_size, args.mixture)
+    texts = tuple(text_task(path, args.src_len, args.tgt_len) for path in args.text or ())
+    run_eval(args.model, [t for t in (args.tasks or "").split(",") if t], args.shots, args.limit, args.seed,
+             Path(args.out) if args.out else None, args.device, args.batch_size, args.mixture, texts)
     return 0
 
 
@@ -440,7 +478,13 @@ def register(subparsers) -> None:
                     "harness conventions); prints a markdown table, and with --out writes JSON, .md and a PNG plot.")
     parser.add_argument("--model", required=True, help="checkpoint directory")
     builtin = ", ".join(sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml")))
-    parser.add_argument("--tasks", required=True, help=f"comma-separated built-in names ({builtin}) or YAML files")
+    parser.add_argument("--tasks", help=f"comma-separated built-in names ({builtin}) or YAML files")
+    parser.add_argument("--text", nargs="+", metavar="FILE",
+                        help="perplexity of these text files as pretraining measures its val split: nats per token, "
+                             "nats and bits per character")
+    parser.add_argument("--src-len", type=int, help="--text: context tokens the encoder reads (default: the "
+                                                    "model's source length less 2)")
+    parser.add_argument("--tgt-len", type=int, default=128, help="--text: tokens each span predicts (default 128)")
     parser.add_argument("--shots", type=parse_shots, default=[0, 1, 5], help="comma-separated k values (0,1,5)")
     parser.add_argument("--limit", type=int, default=None, help="at most this many query items per task")
     parser.add_argument("--seed", type=int, default=1234)

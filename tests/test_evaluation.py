@@ -179,3 +179,22 @@ def test_a_generation_task_longer_than_the_model_can_write_is_refused_before_it_
     task_file.write_text("name: long\ndata: unused.jsonl\nmetric: generate\ngeneration: {max_new_tokens: 64}\n")
     with pytest.raises(ValueError, match=r"task long: generation\.max_new_tokens 64 .*\(63: its max_seq_len - 1\)"):
         run_eval(str(tmp_path / "model"), [str(task_file)], [0], None, 1234, None)
+
+
+def test_eval_text_reports_nats_and_bits_per_character(model, tokenizer, tmp_path):
+    from seq2seq.evaluation import run_eval, text_task
+
+    checkpoint = tmp_path / "model"
+    save_pretrained(model, checkpoint, tokenizer)
+    text = tmp_path / "poem.txt"
+    text.write_text("ROMEO:\nBut soft, what light through yonder window breaks?\n" * 5)
+    report = run_eval(str(checkpoint), [], [0], None, 0, tmp_path / "ppl.json", "cpu",
+                      extra_tasks=(text_task(str(text), None, 16),))
+    row = report["results"][0]
+    assert row["task"] == "poem.txt" and row["chars"] == len(text.read_text()) and row["n"] > 0
+    metrics = {name: stats["value"] for name, stats in row["metrics"].items()}
+    assert metrics["bits_per_char"] == pytest.approx(metrics["nats_per_char"] / np.log(2))
+    assert metrics["nats_per_token"] == pytest.approx(metrics["nats_per_char"] * row["chars"] / row["n"])
+    assert (tmp_path / "ppl.md").read_text().count("poem.txt") == 3
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        run_eval(str(checkpoint), [], [0], None, 0, None, "cpu")

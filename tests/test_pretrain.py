@@ -239,3 +239,35 @@ def test_missing_corpus_names_the_command(tmp_path, corpus_paths):
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2
     assert "nowhere" in result.stderr and "seq2seq data corpus" in result.stderr
+
+
+def test_eval_text_perplexity_equals_the_pretraining_val_figure(corpus_paths, corpus, tokenizer):
+    """`seq2seq eval --text` on the val split's text gives what the pretraining loop reports for its val split."""
+    from seq2seq.evaluation import evaluate_task, text_task
+    from seq2seq.prompting import InferenceSpec
+
+    config = load_config(TINY, [f"data.corpus={corpus_paths[1]}", f"data.tokenizer={corpus_paths[0]}"])
+    task = PretrainingTask(config, tokenizer, corpus)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_heads=4, n_encoder_layers=1,
+                                    n_decoder_layers=1, d_ff=64, dropout=0.0)).eval()
+
+    class OneProcess:
+        process_index, num_processes, device = 0, 1, torch.device("cpu")
+
+        @staticmethod
+        def reduce(tensor, reduction):
+            return tensor
+
+    text = (corpus_paths[0].parents[1] / "play.txt").read_text()
+    val_text = text[int(len(text) * 0.9):]  # the text_files source's val split (val_fraction 0.1)
+    val_file = corpus_paths[0].parents[1] / "val.txt"
+    val_file.write_text(val_text)
+    assert tokenizer.encode(val_text) == np.asarray(corpus.val).tolist()
+    loop = task.evaluate(model, OneProcess(), full=True)
+    row = evaluate_task(model, tokenizer, text_task(str(val_file), config.objective.src_len, config.objective.tgt_len),
+                        [0], None, 0, InferenceSpec(), model.config.max_seq_len)[0]
+    assert row["n"] == loop["val_tokens"] and row["chars"] == loop["val_chars"]
+    assert row["metrics"]["nats_per_char"]["value"] == pytest.approx(loop["val_nats_per_char"], rel=1e-6)
+    assert row["metrics"]["bits_per_char"]["value"] == pytest.approx(loop["val_bits_per_char"], rel=1e-6)
+    assert row["metrics"]["nats_per_token"]["value"] == pytest.approx(loop["val_loss"], rel=1e-6)
