@@ -11,7 +11,7 @@ SEQ2SEQ := $(BIN)/seq2seq
 PRETRAINED := runs/pretrain-shakespeare-cpu/final
 FINETUNED := runs/finetune/final
 
-.PHONY: setup test lint bench demo chat clean
+.PHONY: setup test lint bench demo chat prefer clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +32,24 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-bench: setup
+# Every benchmark, one JSON in bench/results/ (run it alone on a quiet machine); bench-docs renders the latest into
+# docs/results.md and README.md; bench-quick is the smoke test (about a minute); bench-gpu needs one GPU (8 minutes).
+.PHONY: bench-quick bench-docs bench-gpu
+$(VENV)/.bench-installed: pyproject.toml | $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
-	$(BIN)/python bench/bench_train.py
-	$(BIN)/python bench/bench_generate.py
+	touch $@
+
+bench: setup $(VENV)/.bench-installed
+	$(BIN)/python -m bench
+
+bench-quick: setup $(VENV)/.bench-installed
+	$(BIN)/python -m bench --quick
+
+bench-docs: setup
+	$(BIN)/python -m bench.docs
+
+bench-gpu: setup $(VENV)/.bench-installed
+	bench/gpu.sh
 
 # ---- the demo -------------------------------------------------------------------------------------------------
 
@@ -67,6 +81,20 @@ demo: runs/finetune/fewshot.json
 
 chat: $(FINETUNED)/model.safetensors
 	$(SEQ2SEQ) chat --model $(FINETUNED)
+
+# ---- preference tuning, after the demo: the built-in set, DPO, KTO, and their measured effect ------------------
+
+data/prefs/pairs.jsonl: $(FINETUNED)/model.safetensors
+	$(SEQ2SEQ) data prefs --from $(FINETUNED)
+
+runs/dpo/final/model.safetensors: data/prefs/pairs.jsonl
+	$(SEQ2SEQ) finetune --config configs/finetune/dpo.yaml --from $(FINETUNED) resume=latest
+
+runs/kto/final/model.safetensors: data/prefs/pairs.jsonl
+	$(SEQ2SEQ) finetune --config configs/finetune/kto.yaml --from $(FINETUNED) resume=latest
+
+prefer: runs/dpo/final/model.safetensors runs/kto/final/model.safetensors
+	$(BIN)/python bench/bench_prefs.py --out runs/prefs.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache
