@@ -260,14 +260,27 @@ class Engine:
             if request.cancelled.is_set():
                 continue
             new.append(request)
+        slots = []
+        for request in new:
+            try:
+                slots.append(Slot(request, self.tokenizer, self.device))
+            except Exception as error:  # noqa: BLE001 - a request that cannot start fails alone
+                request.sink(Event(error=f"{type(error).__name__}: {error}"))
+        new = [slot.request for slot in slots]
         if not new:
             return
         model = self.model
-        src_ids, src_padding_mask = right_pad([r.source_ids for r in new], self.tokenizer.pad_id, self.device)
-        if src_padding_mask is None:
-            src_padding_mask = torch.zeros_like(src_ids, dtype=torch.bool)
-        encoder_out = model.encode(src_ids, src_padding_mask)
-        self.cache.extend([layer.cross_attn.project_kv(encoder_out) for layer in model.decoder.layers])
+        try:  # nothing of the batch changes until the new requests are encoded
+            src_ids, src_padding_mask = right_pad([r.source_ids for r in new], self.tokenizer.pad_id, self.device)
+            if src_padding_mask is None:
+                src_padding_mask = torch.zeros_like(src_ids, dtype=torch.bool)
+            encoder_out = model.encode(src_ids, src_padding_mask)
+            cross_kv = [layer.cross_attn.project_kv(encoder_out) for layer in model.decoder.layers]
+        except Exception as error:  # noqa: BLE001 - the new requests fail; the running ones go on
+            for request in new:
+                request.sink(Event(error=f"{type(error).__name__}: {error}"))
+            return
+        self.cache.extend(cross_kv)
         first = torch.full((len(new),), self.tokenizer.bos_id, dtype=torch.long, device=self.device)
         if self.encoder_out is None:
             self.encoder_out, self.src_ids, self.src_padding_mask, self.last_ids = (encoder_out, src_ids,
@@ -280,7 +293,7 @@ class Engine:
             self.src_padding_mask = torch.cat([pad_source(self.src_padding_mask, s, True),
                                                pad_source(src_padding_mask, s, True)])
             self.last_ids = torch.cat([self.last_ids, first])
-        self.slots += [Slot(request, self.tokenizer, self.device) for request in new]
+        self.slots += slots
 
     def drop(self, rows: list[int]) -> None:
         if not rows:

@@ -226,7 +226,9 @@ class Row:
         text = self.text
         if self.finished:
             return text
-        text = text.rstrip(REPLACEMENT_CHARACTER)  # maybe the first bytes of a character
+        waiting = incomplete_utf8_tail(self.tokenizer, self.ids)  # the first bytes of a character, shown as U+FFFD
+        if waiting and text.endswith(REPLACEMENT_CHARACTER * waiting):
+            text = text[:-waiting]
         held = 0
         for stop in self.stop_strings:
             for n in range(min(len(stop) - 1, len(text)), held, -1):
@@ -246,6 +248,25 @@ class Row:
         if not self.track_text:
             self.text = self.tokenizer.decode(self.ids)
         return GenerationResult(list(self.ids), self.text, self.finish_reason, self.score)
+
+
+def incomplete_utf8_tail(tokenizer, ids: Sequence[int]) -> int:
+    """How many of the last tokens are byte pieces that begin a UTF-8 character still missing bytes (0-3): the
+    text shows each as U+FFFD until the character is complete. Invalid bytes are settled: they never complete."""
+    piece_of = getattr(tokenizer, "id_to_piece", None)
+    tail: list[int] = []
+    for token in reversed(ids[-3:] if piece_of is not None else ()):
+        piece = piece_of(token)
+        if not (len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">")):
+            break
+        tail.insert(0, int(piece[3:5], 16))
+    for k in range(1, len(tail) + 1):
+        byte = tail[-k]
+        if byte & 0xC0 == 0x80:  # a continuation byte: its lead is further back
+            continue
+        needed = 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4 if byte >> 3 == 0b11110 else 1
+        return k if k < needed else 0
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -112,11 +112,11 @@ def read_settings(body: dict[str, Any], engine: Engine, chat: bool) -> tuple[Set
     settings = Settings(
         max_tokens=max_tokens,
         temperature=number(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=number(body, "top_p", 1.0, 0.0, 1.0) or 1.0,
+        top_p=field(body, "top_p", (int, float), 1.0, lambda v: 0 < v <= 1, "a number in (0, 1]"),
         top_k=field(body, "top_k", int, 0, lambda v: v >= 0, "an integer >= 0"),
         repetition_penalty=number(body, "repetition_penalty", 1.0, 0.01, 10.0),
         stop=tuple(stop),
-        seed=field(body, "seed", int, None, expected="an integer"),
+        seed=field(body, "seed", int, None, lambda v: -2**63 <= v < 2**63, "an integer in [-2^63, 2^63)"),
         logprobs=logprobs,
     )
     n = field(body, "n", int, 1, lambda v: 1 <= v <= MAX_N, f"an integer in [1, {MAX_N}]")
@@ -147,6 +147,9 @@ def read_messages(body: dict[str, Any]) -> list[dict[str, str]]:
         out.append({"role": role, "content": content})
     if all(m["role"] == "system" for m in out):
         raise APIError(400, "messages: needs a user message", "messages")
+    if out[-1]["role"] == "system":
+        raise APIError(400, "messages: the last message must be the user's (or an assistant's to continue), not "
+                            "a system message", "messages")
     return out
 
 
@@ -272,6 +275,9 @@ class Generation:
         self.started = time.monotonic()
         self.last_token_at: dict[int, float] = {}
         self.sources = sources
+        if len(sources) * n > server.engine.max_queue:
+            raise APIError(400, f"n: {len(sources)} prompt(s) x n = {len(sources) * n} answers, more than this "
+                                f"server queues at once ({server.engine.max_queue})", "n")
         try:
             for p, source in enumerate(sources):
                 for j in range(n):
@@ -384,7 +390,8 @@ def create_app(server: Server):
 
     def route_of(request: Request) -> str:
         path = request.url.path
-        known = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/classify")
+        known = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/classify",
+                 "/v1/feedback")
         return path if path in known else "other"
 
     @app.middleware("http")
@@ -741,8 +748,8 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:
         raise ValueError("seq2seq serve needs the serve extra: pip install -e '.[serve]'") from None
-    if args.max_batch < 1 or args.max_queue < 0:
-        raise ValueError("--max-batch must be >= 1 and --max-queue >= 0")
+    if args.max_batch < 1 or args.max_queue < 1:
+        raise ValueError("--max-batch and --max-queue must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     server = build_server(args.model, args.device, args.api_key or os.environ.get("SEQ2SEQ_API_KEY"),
                           args.max_batch, args.max_queue, args.model_name, feedback=args.feedback)

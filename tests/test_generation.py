@@ -394,3 +394,22 @@ def test_hypotheses_length_penalty_and_early_stopping():
     eager = Hypotheses(num_beams=1, length_penalty=0.0, early_stopping=True)
     eager.add([4, 3], -9.0, "eos")
     assert eager.is_done(-0.1, 1)  # early stopping: num_beams hypotheses are enough
+
+
+def test_bytes_that_never_make_a_character_are_shown_at_once(tokenizer):
+    """Invalid UTF-8 from a model (a lead byte twice, a stray continuation byte) is settled as U+FFFD right away,
+    while a character's first bytes still wait for the rest."""
+    pieces = {tokenizer.id_to_piece(i): i for i in range(tokenizer.vocab_size)}
+    byte = {b: pieces[f"<0x{b:02X}>"] for b in (0xDE, 0x97, 0xE6)}
+    char = bytes([0xDE, 0x97]).decode()
+    row = Row(tokenizer, track_text=True)
+    row.add(byte[0xDE])
+    assert row.settled_text() == ""  # 0xDE starts a two-byte character
+    row.add(byte[0xDE])
+    assert row.settled_text() == "\ufffd"  # the first can no longer complete; the second still might
+    row.add(byte[0x97])
+    assert row.settled_text() == "\ufffd" + char  # DE 97 is a character
+    row.add(byte[0x97])
+    assert row.settled_text() == "\ufffd" + char + "\ufffd"  # a stray continuation byte
+    row.add(byte[0xE6])
+    assert row.settled_text() == "\ufffd" + char + "\ufffd"

@@ -305,3 +305,18 @@ def test_feedback_by_completion_id_and_whole(model_dir, tmp_path):
     records = read_feedback(path)
     assert records[0].prompt == messages and records[0].response == answer and records[0].label is False
     assert records[1].is_pair and records[1].checkpoint_sha256 == records[0].checkpoint_sha256 != ""
+
+
+def test_bad_settings_of_one_request_never_touch_the_others(live):
+    messages = [{"role": "user", "content": "Why did"}]
+    for body, field in [({"messages": messages, "seed": 2**64, "temperature": 1.0}, "seed"),
+                        ({"messages": messages, "top_p": 0}, "top_p"),
+                        ({"messages": [*messages, {"role": "system", "content": "x"}]}, "messages"),
+                        ({"messages": messages, "n": 8, "max_tokens": 2}, None)]:
+        response = httpx.post(f"{live.url}/v1/chat/completions", json=body)
+        if field is None:
+            assert response.status_code == 200
+            continue
+        assert response.status_code == 400 and response.json()["error"]["param"] == field, response.text
+    answer = live.client().chat.completions.create(model="tiny", messages=messages, max_tokens=4, temperature=0)
+    assert answer.choices[0].finish_reason in ("stop", "length")
