@@ -331,7 +331,7 @@ def run_preference(config) -> Any:
         kind = "pairs" if config.method == "dpo" else "thumbs"
         print(f"{config.method} from {config.pretrained}: {len(train):,} train / {len(val):,} val {kind}, "
               f"beta {pc.beta}", file=sys.stderr)
-    return trainer.fit(config.resume)
+    return trainer.fit(config.resume, overwrite=config.overwrite, allow_changes=config.resume_allow_changes)
 
 
 def cached_reference(output_dir: Path, model, tokenizer, train: list[Example], val: list[Example],

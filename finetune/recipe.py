@@ -18,15 +18,18 @@ What it does, and the keys that control it:
   example's tokens share a weight of 1, so a one-word classification answer counts as much as a long reply);
   per-task multipliers of the loss `data.task_loss_weights`. Val loss stays per token, unweighted.
 - Through the shared loop (seq2seq/trainer.py): val loss every `train.eval_every` steps with early stopping
-  (`train.early_stopping_patience`), checkpoints, resume, TensorBoard, metrics.jsonl, Accelerate.
+  (`train.early_stopping_patience`), checkpoints, resume, TensorBoard, metrics.jsonl, Accelerate. A resume with
+  another config is an error unless `resume_allow_changes` lists the keys; a fresh run into a folder holding
+  another run's checkpoints is an error unless `overwrite: true` (`--overwrite`) (docs/reliability.md).
 - At the end: the model in `output_dir/final/` (with `inference.json`, which tells chat/classify/eval how to
   prompt it) and `output_dir/eval.json`: per source and task on the test split, exact match and token F1 for
   generated answers, accuracy and F1 for classification, beside majority-class and random-choice baselines.
 
 Raises:
     CheckpointError: `--from` is not a checkpoint directory, or its tokenizer does not match its vocabulary.
-    ValueError: the mixture has no training examples; an unknown key or task weight; a `model:` key that would
-        change the pretrained weights' shapes.
+    ValueError: the mixture has no training or no val examples; an unknown key or task weight; a `model:` key that
+        would change the pretrained weights' shapes; output_dir in use, holding another run, or resumed with
+        another config (seq2seq/trainer.py).
 """
 
 from __future__ import annotations
@@ -98,6 +101,8 @@ class FinetuneEvalConfig:
 class FinetuneConfig:
     output_dir: str = "runs/finetune"
     resume: str | None = None
+    overwrite: bool = False  # a fresh run may replace another run's checkpoints and model in output_dir
+    resume_allow_changes: list[str] = field(default_factory=list)  # config keys (or sections) a resume may change
     method: Literal["sft", "dpo", "kto"] = "sft"  # sft: prompt -> response; dpo, kto: preference tuning
     pretrained: str | None = None  # the pretrained checkpoint directory (or --from)
     # Changes to the pretrained model's config (ModelConfig keys: dropout, copy_attention, source_ngrams,
@@ -293,6 +298,9 @@ def run_finetuning(config: FinetuneConfig) -> Any:
     if not train_examples:
         raise ValueError(f"{config.data.mixture}/train.jsonl has no training examples")
     val_examples = load_mixture(config.data.mixture, "val")
+    if not val_examples:  # a val loss over zero tokens would read 0.0
+        raise ValueError(f"{config.data.mixture}/val.jsonl has no examples, so there is no val loss to measure "
+                         f"(rebuild the mixture with a val split)")
     test_examples = load_mixture(config.data.mixture, "test")
     run_config = to_dict(config)
     run_config["model"] = model.config.to_dict()
@@ -309,7 +317,7 @@ def run_finetuning(config: FinetuneConfig) -> Any:
         print(f"fine-tuning {config.pretrained} ({model.num_parameters():,} parameters) on {config.data.mixture}: "
               f"{len(train_examples):,} train / {len(val_examples):,} val / {len(test_examples):,} test examples; "
               f"padding {trainer.task.train.padding_fraction():.1%} of batch tokens", file=sys.stderr)
-    result = trainer.fit(config.resume)
+    result = trainer.fit(config.resume, overwrite=config.overwrite, allow_changes=config.resume_allow_changes)
     if result.interrupted or not trainer.is_main:
         return result
     report = evaluate_test(trainer.bare_model.eval(), tokenizer, config, train_examples, test_examples)
@@ -338,6 +346,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.pretrained:
         overrides.append(f"pretrained={args.pretrained}")
+    if args.overwrite:
+        overrides.append("overwrite=true")
     result = run_finetuning(load_config(args.config, overrides))
     return result.exit_code()
 
@@ -346,6 +356,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML config, e.g. configs/finetune/default.yaml")
     parser.add_argument("--from", dest="pretrained", metavar="DIR",
                         help="pretrained checkpoint directory, e.g. runs/pretrain-shakespeare-cpu/final")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh even if output_dir holds another run (its checkpoints and model go)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides, e.g. train.lr=1e-4 train.max_steps=100 resume=latest")
 

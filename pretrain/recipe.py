@@ -11,11 +11,14 @@ What it does, and the keys that control it:
 - Evaluates val loss per token and nats (and bits) per character of predicted text over consecutive spans of
   the val split: a subset of `eval.quick_spans` spans every `train.eval_every` steps, all of it at the end.
 - Writes to `output_dir`: metrics.jsonl, tensorboard/, checkpoints/, final/ (config.json, model.safetensors,
-  tokenizer.model). `resume: latest` continues the run in output_dir exactly.
+  tokenizer.model). `resume: latest` continues the run in output_dir exactly; a resume with another config is
+  an error unless `resume_allow_changes` lists the keys; a fresh run into a folder holding another run's
+  checkpoints is an error unless `overwrite: true` (`--overwrite`). See docs/reliability.md.
 
 Raises:
     FileNotFoundError: the corpus or tokenizer is missing (the message names the command that builds it).
-    ValueError: an unknown key or bad value (named), or a corpus built with another tokenizer.
+    ValueError: an unknown key or bad value (named), or a corpus built with another tokenizer; an empty val
+        split; output_dir in use, holding another run, or resumed with another config (seq2seq/trainer.py).
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ class EvalConfig:
 class PretrainConfig:
     output_dir: str = "runs/pretrain"
     resume: str | None = None  # "latest", or a checkpoints/step-N directory
+    overwrite: bool = False  # a fresh run may replace another run's checkpoints and model in output_dir
+    resume_allow_changes: list[str] = field(default_factory=list)  # config keys (or sections) a resume may change
     model: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -147,6 +152,9 @@ class PretrainingTask:
         self.objectives = PretrainingObjectives(objective, corpus.train, tokenizer, config.train.batch_size,
                                                 config.train.seed, resegmented)
         self.val = ValSpans(np.asarray(corpus.val), config.objective.src_len, config.objective.tgt_len)
+        if len(self.val) == 0:
+            raise ValueError(f"{config.data.corpus}: the val split is empty, so there is no val loss to measure "
+                             f"(rebuild the corpus with a val source)")
         self.char_lengths = torch.from_numpy(tokenizer.char_lengths().astype(np.int64))
 
     def batches(self, step: int, rank: int, world_size: int, accum_steps: int) -> list[Batch]:
@@ -198,17 +206,19 @@ def run_pretraining(config: PretrainConfig) -> Any:
               f"{len(corpus.train):,} train / {len(corpus.val):,} val tokens; device {trainer.accelerator.device}, "
               f"precision {trainer.accelerator.mixed_precision}, processes {trainer.accelerator.num_processes}",
               file=sys.stderr)
-    return trainer.fit(config.resume)
+    return trainer.fit(config.resume, overwrite=config.overwrite, allow_changes=config.resume_allow_changes)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, [*args.overrides, *(["overwrite=true"] if args.overwrite else [])])
     result = run_pretraining(config)
     return result.exit_code()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML config, e.g. configs/pretrain/shakespeare-cpu.yaml")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh even if output_dir holds another run (its checkpoints and model go)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides, e.g. train.lr=3e-4 train.max_steps=100 resume=latest")
 

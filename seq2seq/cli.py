@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 # The module that registers each command, in the order `seq2seq --help` lists them.
 COMMANDS = {
@@ -63,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = [arg for arg in argv if arg != "--debug"]  # accepted anywhere on the line
     command = "seq2seq"
     try:
-        args = build_parser().parse_args(argv)
+        with ctrl_c_held():  # a Ctrl-C inside a library's import leaves it half-imported (numpy then recurses)
+            parser = build_parser()
+        args = parser.parse_args(argv)
         command = f"seq2seq {args.command}"
         return args.run(args) or 0
     except KeyboardInterrupt:
@@ -77,6 +82,23 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{command}: error: {describe(error)}", file=sys.stderr)
         return 2
+
+
+@contextmanager
+def ctrl_c_held():
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) in (
+            signal.SIG_IGN, None):
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def describe(error: BaseException) -> str:

@@ -15,13 +15,31 @@ import yaml
 T = TypeVar("T")
 
 
+class NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases (`*name`): a few hundred bytes of nested aliases expand into billions of nodes once
+    anything walks the result (the "billion laughs"), so a config refuses them before building anything."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.get_event()
+            raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} is not allowed in a config "
+                                              "(write the value out instead)", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str) -> Any:
+    """`yaml.safe_load` without aliases."""
+    return yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file or a file that is not a mapping is an error naming the file."""
+    """Read a YAML mapping; a missing file, a file that is not a mapping or one with aliases is an error naming
+    the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise ValueError(f"{path}: not valid YAML: {error}") from None
     if data is None:
@@ -38,7 +56,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key, sep, raw = override.partition("=")
         if not sep or not key:
             raise ValueError(f"override {override!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
-        value = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = parse_yaml(raw) if raw.strip() else None
+        except yaml.YAMLError as error:
+            raise ValueError(f"override {override!r}: not valid YAML: {error}") from None
         node = data
         parts = key.split(".")
         for part in parts[:-1]:

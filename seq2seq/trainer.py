@@ -49,7 +49,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,9 +238,21 @@ def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
-# -- checkpoints ----------------------------------------------------------------------------------------------
+# -- run folders and checkpoints ------------------------------------------------------------------------------
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+STATE_FILE = "trainer_state.json"
+LOCK_FILE = ".lock"
+# What an interrupted atomic write leaves beside its target: atomic_directory's `.NAME.tmp-*` and `.NAME.old-PID`,
+# write_text_atomic's `.NAME.tmp-*`.
+TEMPORARY = re.compile(r"^\..+\.(tmp|old)-[^/]*$")
+# Config keys (or whole sections) a resume may change without `resume_allow_changes`: where the run is and how it
+# was started, how long it trains, how often it logs, evaluates and saves, and the recipes' `eval` section (what
+# is measured, not what is trained). With train.decay_steps unset, the cosine follows a changed max_steps.
+CHANGEABLE_ON_RESUME = ("output_dir", "resume", "overwrite", "resume_allow_changes", "train.max_steps",
+                        "train.log_every", "train.eval_every", "train.eval_at_minutes", "train.save_every",
+                        "train.keep_checkpoints", "train.early_stopping_patience", "train.max_bad_steps",
+                        "train.num_threads", "eval")
 
 
 def checkpoint_dirs(output_dir: Path) -> list[Path]:
@@ -249,20 +261,168 @@ def checkpoint_dirs(output_dir: Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name))
-             and (p / "trainer_state.json").is_file()]
+             and (p / STATE_FILE).is_file()]
     return [p for _, p in sorted(found)]
 
 
-def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
+def resume_candidates(resume: str | None, output_dir: Path) -> list[Path]:
+    """The checkpoints to try, in order: for "latest" every complete one, newest first; else the one path."""
     if not resume:
-        return None
+        return []
     if resume == "latest":
-        dirs = checkpoint_dirs(output_dir)
-        return dirs[-1] if dirs else None  # nothing saved yet: start fresh
+        return checkpoint_dirs(output_dir)[::-1]
     path = Path(resume)
-    if not (path / "trainer_state.json").is_file():
-        raise ValueError(f"resume: {path} is not a training checkpoint (no trainer_state.json)")
-    return path
+    if not (path / STATE_FILE).is_file():
+        raise ValueError(f"resume: {path} is not a training checkpoint (no {STATE_FILE})")
+    return [path]
+
+
+@dataclass
+class SavedState:
+    """A checkpoint read whole into memory: a corrupt file is found before anything is loaded into the run."""
+
+    path: Path
+    state: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: dict[str, torch.Tensor] | None  # this process's; None when the checkpoint has none for it
+
+
+def read_checkpoint(path: Path, process_index: int) -> SavedState:
+    """Raises CheckpointError naming the file that is missing, truncated or corrupt."""
+    state_path = path / STATE_FILE
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{state_path}: unreadable ({_one_line(error)})") from None
+    counts = ("step", "tokens_seen", "evals_since_best", "bad_steps")
+    if not (isinstance(state, dict) and all(isinstance(state.get(key), int) for key in counts)
+            and isinstance(state.get("best_val_loss"), (int, float))):
+        raise CheckpointError(f"{state_path}: not a trainer state (it needs the integers {', '.join(counts)} and "
+                              f"best_val_loss)")
+    rng_path = path / f"rng-{process_index}.pt"
+    return SavedState(path, state, load_state_dict(path / "model.safetensors", "cpu"),
+                      _load_tensors(path / "optimizer.pt"), _load_tensors(path / "scheduler.pt"),
+                      _load_tensors(rng_path) if rng_path.exists() else None)
+
+
+def _load_tensors(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
+        raise CheckpointError(f"{path}: truncated or corrupt ({_one_line(error)})") from None
+
+
+def _one_line(error: BaseException) -> str:
+    """An error's first sentence on one line."""
+    return " ".join(str(error).split()).split(". ")[0][:200] or type(error).__name__
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as `section.key: value`."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _listed(key: str, names: Iterable[str]) -> bool:
+    """Whether `key` is one of `names` or lies in a section named there."""
+    return any(key == name or key.startswith(f"{name}.") for name in names)
+
+
+def config_fingerprint(config: dict[str, Any]) -> str:
+    """What identifies a run: a hash of its config without the keys a resume may change."""
+    checked = {key: value for key, value in flatten(config).items() if not _listed(key, CHANGEABLE_ON_RESUME)}
+    return hashlib.sha256(json.dumps(checked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{key: (saved value, current value)} for the keys that differ, except those a resume may change."""
+    old, new = flatten(saved), flatten(current)
+    unset = "(unset)"
+    return {key: (old.get(key, unset), new.get(key, unset)) for key in sorted(old.keys() | new.keys())
+            if old.get(key, unset) != new.get(key, unset) and not _listed(key, CHANGEABLE_ON_RESUME)}
+
+
+@contextmanager
+def locked(output_dir: Path) -> Iterator[None]:
+    """Hold `output_dir/.lock` while a run uses the folder: a second run into it is an error, not a second writer
+    of the same checkpoints and log. The lock goes with the process however it ends, kill -9 included."""
+    if fcntl is None:
+        yield
+        return
+    path = output_dir / LOCK_FILE
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ValueError(f"output_dir {output_dir} is in use by another run ({holder} holds {path}): wait for "
+                             f"it to end, or choose another output_dir") from None
+        except OSError as error:  # a filesystem without locks
+            warnings.warn(f"{path}: cannot lock ({_one_line(error)}); nothing stops a second run into "
+                          f"{output_dir}", stacklevel=3)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+
+
+def remove_stale(output_dir: Path) -> list[str]:
+    """Remove what killed runs left in output_dir: temporaries of atomic writes (`.NAME.tmp-*`, `.NAME.old-*`),
+    unfinished checkpoints' RNG folders (`.rng-N`), checkpoints pruning had begun to delete (`.step-N.pruned`, or
+    a step-N without trainer_state.json). Only under the lock: another run's temporaries are not stale."""
+    stale = [p for p in output_dir.iterdir() if TEMPORARY.match(p.name)]
+    root = output_dir / "checkpoints"
+    if root.is_dir():
+        stale += [p for p in root.iterdir() if p.name.startswith(".")
+                  or (STEP_DIR.match(p.name) and not (p / STATE_FILE).is_file())]
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return sorted(str(p.relative_to(output_dir)) for p in stale)
+
+
+class Interrupts:
+    """Ctrl-C (SIGINT) during a run takes effect at the next step boundary: the step in progress, its log rows,
+    evaluation and checkpoint finish first, so the checkpoint written on Ctrl-C is the state between two steps
+    (weights, optimizer, random state and log agree) whenever the signal came. A second Ctrl-C stops at once (the
+    last checkpoint is then the one to resume); with `immediate` the first one does. A process started with
+    SIGINT ignored keeps ignoring it."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.immediate = False
+        self._previous: Any = None
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) not in (
+                signal.SIG_IGN, None):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested or self.immediate:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: stopping after this step, with a checkpoint (Ctrl-C again to stop now; resume=latest "
+              "then continues from the last checkpoint)", file=sys.stderr, flush=True)
 
 
 # -- the loop ---------------------------------------------------------------------------------------------------
@@ -285,7 +445,9 @@ class Trainer:
         self.task = task
         self.tokenizer = tokenizer
         self.output_dir = Path(output_dir)
-        self.run_config = run_config or {}
+        # The config a checkpoint records and a resume compares: the recipe's, with the model's and the loop's own.
+        self.run_config = json.loads(json.dumps({**(run_config or {}), "model": model.config.to_dict(),
+                                                 "train": dataclasses.asdict(config)}))
         self.export_extra = export_extra
         self.accelerator = accelerator or make_accelerator(config, self.output_dir, log)
         world = self.accelerator.num_processes
@@ -308,6 +470,7 @@ class Trainer:
         self.tokens_seen = 0
         self.train_seconds = 0.0  # wall-clock time spent in training steps (not evaluating or saving)
         self.metrics_path = self.output_dir / "metrics.jsonl"
+        self.log_rows = 0  # rows in metrics.jsonl (a checkpoint records it: a resume cuts the log back to it)
 
     @property
     def is_main(self) -> bool:
@@ -322,8 +485,7 @@ class Trainer:
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.is_main:
             return
-        with open(self.metrics_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.append_row({"step": step, **metrics})
         self.accelerator.log(metrics, step=step)
 
     def log_text(self, tag: str, text: str, step: int) -> None:
@@ -332,8 +494,41 @@ class Trainer:
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
                 tracker.writer.add_text(tag, text, step)
-        with open(self.metrics_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": step, tag: text}) + "\n")
+        self.append_row({"step": step, tag: text})
+
+    def append_row(self, row: dict[str, Any]) -> None:
+        """One line of metrics.jsonl in one unbuffered write: a kill tears at most the last line."""
+        with open(self.metrics_path, "ab", buffering=0) as handle:
+            handle.write((json.dumps(row) + "\n").encode())
+        self.log_rows += 1
+
+    def restore_log(self, rows: int | None) -> None:
+        """metrics.jsonl as it was when the checkpoint was written: what the interrupted run logged after it is
+        dropped (the resumed run logs it again, once), and so is a line a kill tore, with a warning naming it.
+        A finished run's final evaluation, logged after its last checkpoint, stays when the resumed run trains
+        on (it will not evaluate that step again)."""
+        kept: list[tuple[dict[str, Any], bytes]] = []
+        lines = self.metrics_path.read_bytes().split(b"\n") if self.metrics_path.is_file() else []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if not isinstance(row, dict):
+                warnings.warn(f"{self.metrics_path}, line {number}: not a whole JSON row (cut short when the run "
+                              f"was killed?); dropped", stacklevel=2)
+                continue
+            kept.append((row, line))
+        if rows is None:  # a checkpoint from before rows were counted: keep the rows up to its step
+            kept = [(row, line) for row, line in kept if row.get("step", 0) <= self.step]
+        elif self.step < self.config.max_steps:
+            kept = kept[:rows] + [(row, line) for row, line in kept[rows:] if row.get("step") == self.step]
+        else:
+            kept = kept[:rows]
+        write_text_atomic(self.metrics_path, "".join(line.decode() + "\n" for _, line in kept))
+        self.log_rows = len(kept)
 
     # -- state -----------------------------------------------------------------------------------------------
 
@@ -360,42 +555,106 @@ class Trainer:
                 state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
                          "best_val_loss": self.best_val_loss,
                          "evals_since_best": self.evals_since_best, "bad_steps": self.bad_steps,
-                         "data_position": {"step": self.step}, "config": self.run_config}
-                (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
+                         "data_position": {"step": self.step}, "log_rows": self.log_rows,
+                         "config_fingerprint": config_fingerprint(self.run_config), "config": self.run_config}
+                write_json_atomic(tmp / STATE_FILE, state)
             shutil.rmtree(rng_dir, ignore_errors=True)
             for old in checkpoint_dirs(self.output_dir)[:-self.config.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+                doomed = old.with_name(f".{old.name}.pruned")  # a kill while deleting leaves a hidden folder,
+                os.replace(old, doomed)  # removed at the next start, not a step-N that looks complete
+                shutil.rmtree(doomed, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         self.saved_step = self.step
         return target
 
-    def load_checkpoint(self, path: Path) -> None:
-        from seq2seq.checkpoint import load_state_dict
+    def resume(self, resume: str | None, allow_changes: Sequence[str]) -> bool:
+        """Load the checkpoint `resume` names; False when there is none (resume unset, or nothing saved yet).
+        With "latest", a checkpoint that cannot be read falls back to the one before it, with a warning."""
+        failed = []
+        for path in resume_candidates(resume, self.output_dir):
+            try:
+                saved = read_checkpoint(path, self.accelerator.process_index)
+            except CheckpointError as error:
+                if resume != "latest":
+                    raise
+                warnings.warn(f"resume=latest: {error}; trying the checkpoint before it", stacklevel=2)
+                failed.append(str(error))
+                continue
+            self.check_config(saved, allow_changes)
+            self.load_checkpoint(saved)
+            return True
+        if failed:
+            raise CheckpointError(f"resume=latest: no checkpoint in {self.output_dir / 'checkpoints'} can be read "
+                                  f"({'; '.join(failed)}): start a new run with overwrite=true instead")
+        return False
 
-        state = json.loads((path / "trainer_state.json").read_text())
-        weights = load_state_dict(path / "model.safetensors", "cpu")
-        self.bare_model.load_state_dict(weights, strict=False)
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        rng_path = path / f"rng-{self.accelerator.process_index}.pt"
-        if rng_path.is_file():
-            rng = torch.load(rng_path, weights_only=True)
-            torch.set_rng_state(rng["torch"])
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state(rng["cuda"])
+    def check_config(self, saved: SavedState, allow_changes: Sequence[str]) -> None:
+        """A resume continues the run its checkpoint belongs to: a changed model, data or training key is an
+        error naming it, unless `allow_changes` lists it."""
+        recorded = saved.state.get("config")
+        if not isinstance(recorded, dict):
+            warnings.warn(f"{saved.path / STATE_FILE} records no config: the config is not checked", stacklevel=3)
+            return
+        if saved.state.get("config_fingerprint") == config_fingerprint(self.run_config):
+            return
+        changes = config_changes(recorded, self.run_config)
+        refused = [key for key in changes if not _listed(key, allow_changes)]
+        if refused:
+            shown = "; ".join(f"{key} {changes[key][0]!r} -> {changes[key][1]!r}" for key in refused[:6])
+            raise ValueError(f"resume: {saved.path} belongs to a run with another config ({shown}): resume with "
+                             f"that config, allow the change with resume_allow_changes=[{','.join(refused)}], or "
+                             f"start a new run in another output_dir")
+        if changes:
+            warnings.warn(f"resume: {saved.path} continues with changed {', '.join(changes)} (resume_allow_changes)",
+                          stacklevel=3)
+
+    def load_checkpoint(self, saved: SavedState) -> None:
+        try:
+            self.bare_model.load_state_dict(saved.weights, strict=False)
+            self.optimizer.load_state_dict(saved.optimizer)
+        except (RuntimeError, ValueError, KeyError) as error:  # only after resume_allow_changes allowed a change
+            raise CheckpointError(f"{saved.path}: does not fit the model ({_one_line(error)})") from None
+        self.scheduler.load_state_dict(saved.scheduler)
+        if saved.rng is not None:
+            torch.set_rng_state(saved.rng["torch"])
+            if "cuda" in saved.rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(saved.rng["cuda"])
         else:
-            warnings.warn(f"{rng_path} missing (different process count?): dropout will not repeat exactly",
-                          stacklevel=2)
+            warnings.warn(f"{saved.path}: no RNG state for process {self.accelerator.process_index} (different "
+                          f"process count?): dropout will not repeat exactly", stacklevel=3)
+        state = saved.state
         self.step = self.saved_step = state["step"]
         self.tokens_seen = state["tokens_seen"]
         self.train_seconds = state.get("train_seconds", 0.0)
         self.best_val_loss = state["best_val_loss"]
         self.evals_since_best = state["evals_since_best"]
         self.bad_steps = state["bad_steps"]
-        if self.is_main and self.metrics_path.is_file():  # drop what the interrupted run logged after this point
-            kept = [line for line in self.metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= self.step]
-            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        if self.is_main:
+            self.restore_log(state.get("log_rows"))
+
+    def start_fresh(self, overwrite: bool) -> None:
+        """A new run: a folder holding another run's checkpoints or final model is refused, or with `overwrite`
+        cleared (checkpoints/, final/, tensorboard/); the log starts empty."""
+        held = [*checkpoint_dirs(self.output_dir), *[p for p in [self.output_dir / "final"] if p.exists()]]
+        if held and not overwrite:
+            names = ", ".join(str(p.relative_to(self.output_dir)) for p in held[-3:])
+            raise ValueError(f"output_dir {self.output_dir} holds another run ({names}): continue it with "
+                             f"resume=latest, replace it with overwrite=true (--overwrite), or choose another "
+                             f"output_dir")
+        self.accelerator.wait_for_everyone()  # every process has looked before the main one deletes
+        if self.is_main:
+            if overwrite:
+                for name in ("checkpoints", "final", "tensorboard"):
+                    shutil.rmtree(self.output_dir / name, ignore_errors=True)
+            self.metrics_path.unlink(missing_ok=True)
+        self.log_rows = 0
+
+    def stop_requested(self, interrupts: Interrupts) -> bool:
+        """Whether to stop before the next step; processes agree, or one would wait for the others forever."""
+        if self.accelerator.num_processes == 1:
+            return interrupts.requested
+        flag = torch.tensor(float(interrupts.requested), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum") > 0)
 
     # -- one step ------------------------------------------------------------------------------------------
 
@@ -476,17 +735,28 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return final
 
-    def fit(self, resume: str | None = None) -> TrainResult:
-        config = self.config
+    def fit(self, resume: str | None = None, overwrite: bool = False,
+            allow_changes: Sequence[str] = ()) -> TrainResult:
+        """Train to max_steps (or an early stop), evaluate and export. `resume`: "latest" or a checkpoint path;
+        `overwrite`: a fresh run may replace another run in output_dir; `allow_changes`: config keys or sections a
+        resume may change beyond CHANGEABLE_ON_RESUME."""
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise ValueError(f"output_dir {self.output_dir} is a file, not a folder")
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        resume_path = resolve_resume(resume, self.output_dir)
-        if resume_path is not None:
-            self.load_checkpoint(resume_path)
-        elif self.is_main and self.metrics_path.exists():
-            self.metrics_path.unlink()  # a fresh run starts a fresh log
-        if self.is_main:
-            (self.output_dir / "run_config.json").write_text(json.dumps(self.run_config, indent=2) + "\n")
-        self.accelerator.init_trackers("run", config=_flat_hparams(self.run_config))
+        with Interrupts() as interrupts, locked(self.output_dir) if self.is_main else nullcontext():
+            if self.is_main and (removed := remove_stale(self.output_dir)):
+                warnings.warn(f"{self.output_dir}: removed what an interrupted run left: {', '.join(removed[:4])}"
+                              + (f" and {len(removed) - 4} more" if len(removed) > 4 else ""), stacklevel=2)
+            self.accelerator.wait_for_everyone()
+            if not self.resume(resume, allow_changes):
+                self.start_fresh(overwrite)
+            if self.is_main:
+                write_json_atomic(self.output_dir / "run_config.json", self.run_config)
+            self.accelerator.init_trackers("run", config=_flat_hparams(self.run_config))
+            return self.train(interrupts)
+
+    def train(self, interrupts: Interrupts) -> TrainResult:
+        config = self.config
         metrics: dict[str, float] = {}
         interrupted = stopped_early = False
         progress = tqdm(total=config.max_steps, initial=self.step, disable=not self.is_main, desc="train",
@@ -495,6 +765,9 @@ class Trainer:
         timed_evals = sorted(m for m in config.eval_at_minutes if m * 60 > self.train_seconds)
         try:
             while self.step < config.max_steps:
+                if self.stop_requested(interrupts):
+                    interrupted = True
+                    break
                 start = time.perf_counter()
                 result = self.train_step()
                 step_seconds = time.perf_counter() - start
@@ -526,22 +799,37 @@ class Trainer:
                     progress.write(f"early stopping at step {self.step}: no better val_loss in "
                                    f"{self.evals_since_best} evaluations")
                     break
-        except KeyboardInterrupt:
-            interrupted = True
-            progress.write(f"interrupted: saving a checkpoint at step {self.step} (resume with resume=latest)")
         finally:
             progress.close()
         if interrupted:
-            self.save_checkpoint()
+            if self.step > 0 and self.saved_step != self.step:
+                self.save_checkpoint()
+            if self.is_main:
+                print(f"interrupted at step {self.step}: continue with resume=latest", file=sys.stderr)
             self.accelerator.end_training()
             return TrainResult(self.step, None, metrics, interrupted=True)
-        metrics = self.evaluate(full=True)
-        self.improved(metrics)
-        if self.is_main:
-            print(f"final (step {self.step}): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        # The checkpoint comes before the final evaluation: a run stopped after it evaluates and exports again on
+        # resume, and its log, cut back to the checkpoint, holds the final rows once.
         if self.saved_step != self.step:  # remembered, not looked up: processes need not share a filesystem
             self.save_checkpoint()
-        final = self.export()
+        # From here on nothing is lost by stopping: in one process the first Ctrl-C stops the final evaluation,
+        # which can take long, at once.
+        interrupts.immediate = self.accelerator.num_processes == 1
+        try:
+            if interrupts.requested:
+                raise KeyboardInterrupt
+            metrics = self.evaluate(full=True)
+            if self.is_main:
+                print(f"final (step {self.step}): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            final = self.export()
+        except KeyboardInterrupt:
+            if not interrupts.immediate:
+                raise
+            print(f"interrupted at step {self.step}, its checkpoint written: resume=latest evaluates and exports",
+                  file=sys.stderr)
+            return TrainResult(self.step, None, metrics, interrupted=True)
+        finally:
+            interrupts.immediate = False
         self.accelerator.end_training()
         return TrainResult(self.step, final, metrics, stopped_early=stopped_early)
 
@@ -559,16 +847,7 @@ class SequenceLoss(torch.nn.Module):
                                batch.tgt_padding_mask, label_smoothing, reduction="sum", weights=batch.tgt_weights)
 
 
-def _flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flat_hparams(config: dict[str, Any]) -> dict[str, Any]:
     """TensorBoard hparams take scalars and strings only."""
-    flat = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flat_hparams(value, f"{name}."))
-        elif isinstance(value, (int, float, str, bool)):
-            flat[name] = value
-        elif value is not None:
-            flat[name] = str(value)
-    return flat
-
+    return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+            for key, value in flatten(config).items() if value is not None and value != {}}
