@@ -330,6 +330,9 @@ class ScriptedModel(Transformer):
         logits[:, :, self.script[min(position, len(self.script) - 1)]] = 10.0
         return logits.log_softmax(-1)
 
+    def next_token_log_probs(self, tgt_ids, encoder_out, src_ids, src_padding_mask=None, cache=None):
+        return self.log_probs(tgt_ids, encoder_out, src_ids, src_padding_mask, cache=cache)[:, -1]
+
 
 def scripted(tokenizer: Tokenizer, text: str, end: bool = True) -> ScriptedModel:
     script = tokenizer.encode(text) + ([tokenizer.eos_id] if end else [])

@@ -128,6 +128,12 @@ class Transformer(nn.Module):
     ) -> Tensor:
         """Log-probabilities (b, t, V), fp32, of the token after each of tgt_ids (b, t) given the source."""
         hidden = self.decode(tgt_ids, encoder_out, src_padding_mask, tgt_padding_mask, cache)
+        return self.output_distribution(hidden, encoder_out, src_ids, tgt_ids, src_padding_mask)
+
+    def output_distribution(self, hidden: Tensor, encoder_out: Tensor, src_ids: Tensor, tgt_ids: Tensor,
+                            src_padding_mask: Tensor | None) -> Tensor:
+        """Decoder states (b, t, D), and the decoder inputs tgt_ids (b, t) they came from, -> log-probabilities
+        (b, t, V): the softmax of the pre-softmax projection (3.4), or the output head's distribution."""
         logits = self.project(hidden)
         if self.output_head is not None:
             return self.output_head(hidden, logits, encoder_out, src_ids, tgt_ids, src_padding_mask)
@@ -143,7 +149,8 @@ class Transformer(nn.Module):
     ) -> Tensor:
         """Log-probabilities (b, V) of the token after tgt_ids (b, t). With a cache, tgt_ids are only the positions
         not yet decoded into it (one, step by step)."""
-        return self.log_probs(tgt_ids, encoder_out, src_ids, src_padding_mask, cache=cache)[:, -1]
+        hidden = self.decode(tgt_ids, encoder_out, src_padding_mask, cache=cache)[:, -1:]  # only the last is needed
+        return self.output_distribution(hidden, encoder_out, src_ids, tgt_ids[:, -1:], src_padding_mask)[:, 0]
 
     def forward(
         self,
