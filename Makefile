@@ -43,7 +43,7 @@ bench: setup $(VENV)/.bench-installed
 	$(BIN)/python -m bench
 
 bench-quick: setup $(VENV)/.bench-installed
-	$(BIN)/python -m bench --quick
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 bench-docs: setup
 	$(BIN)/python -m bench.docs
