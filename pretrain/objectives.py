@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from seq2seq.padding import pad
 from seq2seq.trainer import Batch
 
 
@@ -144,44 +143,3 @@ def random_segmentation(total: int, segments: int, rng: np.random.Generator) -> 
     """`segments` positive integers summing to `total`, uniformly among such compositions."""
     cuts = np.sort(rng.choice(np.arange(1, total), size=segments - 1, replace=False))
     return np.diff(np.concatenate([[0], cuts, [total]]))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Val: nats per character over the whole split
-
-
-@dataclass
-class ValSpans:
-    """Consecutive spans that tile the val tokens: span i predicts tokens [i*tgt_len, (i+1)*tgt_len) while the
-    encoder reads the src_len tokens before it."""
-
-    tokens: np.ndarray
-    src_len: int
-    tgt_len: int
-
-    def __len__(self) -> int:
-        return -(-len(self.tokens) // self.tgt_len)
-
-    def batch(self, indices: list[int], tokenizer, prefix_task: int) -> tuple[Batch, torch.Tensor]:
-        """The batch of these spans (right-padded, masks where needed) and the predicted token ids."""
-        sources, targets = [], []
-        for i in indices:
-            start = i * self.tgt_len
-            context = self.tokens[max(0, start - self.src_len):start]
-            sources.append([prefix_task, *context.tolist(), tokenizer.eos_id])
-            targets.append(self.tokens[start:start + self.tgt_len].tolist())
-        src, src_mask = pad(sources, tokenizer.pad_id)
-        tgt, tgt_mask = pad([[tokenizer.bos_id, *t] for t in targets], tokenizer.pad_id)
-        tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
-        tgt_in_mask = None if tgt_mask is None else tgt_mask[:, :-1]
-        return Batch(src, tgt_in, tgt_out, src_mask, tgt_in_mask), tgt_out
-
-
-
-@torch.no_grad()
-def sequence_nll(model, batch: Batch, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token negative log-likelihood (b, t) of batch.tgt_out, zero at padding, and the keep mask."""
-    logits = model(batch.src_ids, batch.tgt_in, batch.src_padding_mask, batch.tgt_padding_mask).float()
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch.tgt_out, reduction="none")
-    keep = batch.tgt_out != pad_id
-    return nll * keep, keep

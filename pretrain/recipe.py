@@ -35,9 +35,10 @@ import numpy as np
 import torch
 
 from data_pipelines.corpus import load_corpus
-from pretrain.objectives import ObjectiveConfig, PretrainingObjectives, ValSpans, sequence_nll
+from pretrain.objectives import ObjectiveConfig, PretrainingObjectives
 from seq2seq.config import apply_overrides, from_dict, load_yaml, to_dict
 from seq2seq.model import ModelConfig, Transformer
+from seq2seq.perplexity import Spans, span_totals
 from seq2seq.tokenizer import Tokenizer
 from seq2seq.trainer import Batch, TrainConfig, Trainer
 
@@ -151,11 +152,10 @@ class PretrainingTask:
                                          config.train.seed)
         self.objectives = PretrainingObjectives(objective, corpus.train, tokenizer, config.train.batch_size,
                                                 config.train.seed, resegmented)
-        self.val = ValSpans(np.asarray(corpus.val), config.objective.src_len, config.objective.tgt_len)
+        self.val = Spans(np.asarray(corpus.val), config.objective.src_len, config.objective.tgt_len)
         if len(self.val) == 0:
             raise ValueError(f"{config.data.corpus}: the val split is empty, so there is no val loss to measure "
                              f"(rebuild the corpus with a val source)")
-        self.char_lengths = torch.from_numpy(tokenizer.char_lengths().astype(np.int64))
 
     def batches(self, step: int, rank: int, world_size: int, accum_steps: int) -> list[Batch]:
         return self.objectives.batches(step, rank, world_size, accum_steps)
@@ -165,14 +165,8 @@ class PretrainingTask:
         if not full and len(spans) > self.config.eval.quick_spans:
             spans = np.linspace(0, len(spans) - 1, self.config.eval.quick_spans).round().astype(int).tolist()
         mine = spans[accelerator.process_index::accelerator.num_processes]
-        totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # nll, tokens, chars
-        size = self.config.eval.batch_size
-        for i in range(0, len(mine), size):
-            batch, targets = self.val.batch(mine[i:i + size], self.tokenizer, self.objectives.prefix_task)
-            nll, keep = sequence_nll(model, batch.to(accelerator.device), self.tokenizer.pad_id)
-            totals[0] += nll.sum().double()
-            totals[1] += keep.sum()
-            totals[2] += self.char_lengths[targets].sum()
+        # The measurement `seq2seq eval --text` makes of any text (seq2seq/perplexity.py), over the val split.
+        totals = span_totals(model, self.tokenizer, self.val, mine, self.config.eval.batch_size, accelerator.device)
         nll, tokens, chars = accelerator.reduce(totals, reduction="sum").tolist()
         return {"val_loss": nll / tokens, "val_nats_per_char": nll / chars,
                 "val_bits_per_char": nll / chars / math.log(2), "val_tokens": tokens, "val_chars": chars}

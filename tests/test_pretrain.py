@@ -14,9 +14,10 @@ import torch
 from helpers import make_corpus
 
 from data_pipelines.corpus import load_corpus
-from pretrain.objectives import ObjectiveConfig, PretrainingObjectives, ValSpans, sequence_nll
+from pretrain.objectives import ObjectiveConfig, PretrainingObjectives
 from pretrain.recipe import PretrainingTask, load_config, resegment, resegmented_copies
 from seq2seq.model import ModelConfig, Transformer
+from seq2seq.perplexity import Spans, prefix_ids
 from seq2seq.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,14 +149,24 @@ def test_prefix_lm_rows_come_from_resegmented_copies_in_their_share(corpus, toke
     assert 8 <= origins.count("copy") <= 24
 
 
+class OneProcess:
+    """What `PretrainingTask.evaluate` reads of an Accelerator, for one process."""
+
+    process_index, num_processes, device = 0, 1, torch.device("cpu")
+
+    @staticmethod
+    def reduce(tensor, reduction):
+        return tensor
+
+
 def test_val_spans_tile_the_whole_val_split(corpus, tokenizer):
-    spans = ValSpans(np.asarray(corpus.val), src_len=20, tgt_len=16)
-    batch, targets = spans.batch(list(range(len(spans))), tokenizer, tokenizer.task_id("prefix_lm"))
+    spans = Spans(np.asarray(corpus.val), src_len=20, tgt_len=16)
+    src, _, _, _, targets = spans.batch(list(range(len(spans))), tokenizer, prefix_ids(tokenizer))
     predicted = targets[targets != tokenizer.pad_id]
     assert torch.equal(predicted, torch.from_numpy(np.asarray(corpus.val).astype(np.int64)))
     assert int(torch.from_numpy(tokenizer.char_lengths())[predicted].sum()) == corpus.meta["val"]["chars"]
     # Span i's encoder reads the 20 tokens before it.
-    assert batch.src_ids[3, 1:21].tolist() == np.asarray(corpus.val)[3 * 16 - 20:3 * 16].tolist()
+    assert src[3, 1:21].tolist() == np.asarray(corpus.val)[3 * 16 - 20:3 * 16].tolist()
 
 
 def test_val_nats_per_char_is_summed_nll_over_characters(corpus_paths, corpus, tokenizer):
@@ -164,17 +175,13 @@ def test_val_nats_per_char_is_summed_nll_over_characters(corpus_paths, corpus, t
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_heads=4, n_encoder_layers=1,
                                     n_decoder_layers=1, d_ff=64, dropout=0.0)).eval()
-
-    class OneProcess:
-        process_index, num_processes, device = 0, 1, torch.device("cpu")
-
-        @staticmethod
-        def reduce(tensor, reduction):
-            return tensor
-
     metrics = task.evaluate(model, OneProcess(), full=True)
-    batch, _ = task.val.batch(list(range(len(task.val))), tokenizer, tokenizer.task_id("prefix_lm"))
-    nll, keep = sequence_nll(model, batch, tokenizer.pad_id)
+    src, src_mask, tgt_in, tgt_mask, tgt_out = task.val.batch(list(range(len(task.val))), tokenizer,
+                                                              prefix_ids(tokenizer))
+    with torch.no_grad():
+        log_probs = model(src, tgt_in, src_mask, tgt_mask)
+    keep = tgt_out != tokenizer.pad_id
+    nll = -log_probs.gather(-1, tgt_out[..., None]).squeeze(-1) * keep
     assert metrics["val_chars"] == corpus.meta["val"]["chars"]
     assert metrics["val_tokens"] == len(corpus.val)
     assert metrics["val_nats_per_char"] == pytest.approx(float(nll.sum()) / corpus.meta["val"]["chars"], rel=1e-5)
@@ -251,13 +258,6 @@ def test_eval_text_perplexity_equals_the_pretraining_val_figure(corpus_paths, co
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_heads=4, n_encoder_layers=1,
                                     n_decoder_layers=1, d_ff=64, dropout=0.0)).eval()
-
-    class OneProcess:
-        process_index, num_processes, device = 0, 1, torch.device("cpu")
-
-        @staticmethod
-        def reduce(tensor, reduction):
-            return tensor
 
     text = (corpus_paths[0].parents[1] / "play.txt").read_text()
     val_text = text[int(len(text) * 0.9):]  # the text_files source's val split (val_fraction 0.1)
