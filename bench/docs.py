@@ -392,8 +392,9 @@ def headline_block(sources: Sources, doc: Path) -> str:
                          "`bench/gpu.sh`"])
     if entry := ok("gpu", "serve"):
         rows += serve_headline(entry, "`bench/gpu.sh`", "GPU ")
-    parts = [run.source(doc, f"{suite.upper()} rows from") for suite in ("cpu", "gpu") for run in used[suite]]
-    parts += [NO_RUN[suite] for suite in ("cpu", "gpu") if not used[suite]]
+    sources = [run.source(doc, f"{suite.upper()} rows from") for suite in ("cpu", "gpu") for run in used[suite]]
+    sources += [NO_RUN[suite] for suite in ("cpu", "gpu") if not used[suite]]
+    parts = ["\n".join(f"- {line}" for line in sources)]  # one list: the runs the rows come from
     commands = [row[-1] for row in rows]
     for i in range(len(rows) - 1, 0, -1):  # a command repeated from the row above reads "same"
         if commands[i] == commands[i - 1]:
