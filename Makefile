@@ -1,5 +1,6 @@
 # `make test` sets itself up on a fresh machine: .venv, the CPU build of torch, the project with its dev extra.
-# `make demo` runs the whole job: data, tokenizer, pretraining, fine-tuning, the few-shot table, then chat.
+# `make demo` runs the whole job: data, tokenizer, pretraining, fine-tuning, the few-shot table, then chat;
+# `make prefer` then adds preference tuning (the built-in set, DPO, KTO) and measures its effect.
 # Each step's output is a file target, so a second `make demo` reuses what is already built.
 PYTHON ?= python3
 VENV := .venv
