@@ -81,7 +81,7 @@ class PreferenceBatch:
                                  (self.src_ids, self.src_padding_mask, self.tgt, self.reference, self.desirable)))
 
     def loss_weight(self, pad_id: int) -> torch.Tensor:
-        return torch.tensor(float(len(self.src_ids)))  # the loss is a mean over records
+        return torch.tensor(float(len(self.src_ids)), device=self.src_ids.device)  # the loss: a mean over records
 
     def num_tokens(self) -> int:
         return int(self.src_ids.numel() + self.tgt.numel())

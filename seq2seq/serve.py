@@ -24,6 +24,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -291,8 +292,7 @@ class Generation:
                            kind="server_error") from None
         except PromptTooLong as error:
             self.cancel()
-            raise APIError(413, str(error), "prompt" if "messages" not in str(error) else "messages",
-                           "context_length_exceeded") from None
+            raise APIError(413, str(error), "prompt", "context_length_exceeded") from None
         except ValueError as error:
             self.cancel()
             raise APIError(400, str(error), str(error).split(":")[0]) from None
@@ -335,12 +335,9 @@ class Generation:
 @dataclass
 class Choice:
     text: str = ""
-    tokens: list[TokenInfo] = None  # type: ignore[assignment]
+    tokens: list[TokenInfo] = dataclass_field(default_factory=list)
     finish_reason: str | None = None
     completion_tokens: int = 0
-
-    def __post_init__(self) -> None:
-        self.tokens = []
 
 
 async def collect(generation: Generation, request) -> list[Choice]:
